@@ -1,0 +1,120 @@
+//! The `fleetwave-agent` binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use fleetwave_agent::verify::{Trust, check_image, check_release};
+use fleetwave_artifacts::rules::{Device, Request};
+use fleetwave_artifacts::{SignedManifest, Timestamp, TrustedKeys};
+use semver::Version;
+
+/// fleetwave-agent: installs signed firmware on this device, safely.
+#[derive(Debug, Parser)]
+#[command(name = "fleetwave-agent", version, about)]
+struct Cli {
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every check this device makes before installing IMAGE, without installing it.
+    Verify {
+        /// The firmware image.
+        image: PathBuf,
+        /// The signed manifest.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The device's trusted release keys (a file of public key lines, or a directory of *.pub).
+        #[arg(long)]
+        trusted_keys: PathBuf,
+        /// Distinct trusted signatures required.
+        #[arg(long, default_value_t = 1)]
+        threshold: usize,
+        /// This device's hardware id.
+        #[arg(long)]
+        hardware: String,
+        /// The version this device runs now.
+        #[arg(long)]
+        installed: Option<Version>,
+        /// This device's anti-rollback floor.
+        #[arg(long)]
+        security_floor: Option<Version>,
+        /// Allow reinstalling the running version.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command, cli.json) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let code = err
+                .chain()
+                .find_map(|e| e.downcast_ref::<fleetwave_artifacts::Error>())
+                .map_or("error", fleetwave_artifacts::Error::code);
+            eprintln!("fleetwave-agent: error: {err:#}");
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "code": code, "error": format!("{err:#}")})
+                );
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command, json: bool) -> Result<()> {
+    match command {
+        Command::Verify {
+            image,
+            manifest,
+            trusted_keys,
+            threshold,
+            hardware,
+            installed,
+            security_floor,
+            force,
+        } => {
+            let signed = SignedManifest::load(&manifest)
+                .with_context(|| format!("manifest {}", manifest.display()))?;
+            let trust = Trust {
+                keys: TrustedKeys::load(&trusted_keys)
+                    .with_context(|| format!("trusted keys {}", trusted_keys.display()))?,
+                threshold,
+            };
+            let device = Device {
+                hardware: &hardware,
+                installed: installed.as_ref(),
+                security_floor: security_floor.as_ref(),
+            };
+            let request = Request {
+                now: Timestamp::now(),
+                force,
+            };
+            let verified = check_release(&signed, &trust, device, request)?;
+            let file = std::fs::File::open(&image)
+                .with_context(|| format!("opening image {}", image.display()))?;
+            check_image(&verified, file, |_| {})
+                .with_context(|| format!("image {}", image.display()))?;
+            let m = verified.manifest();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "product": m.product, "version": m.version, "sha256": m.sha256})
+                );
+            } else {
+                println!("installable: {} {} on {hardware}", m.product, m.version);
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs fleetwave's whole test suite against real services: PostgreSQL and Mosquitto (started
+# or installed when missing, reused when running) and an S3-compatible server (s3s-fs,
+# installed once, started on a free port for this run). Extra arguments go to the test
+# runner, e.g. `scripts/test.sh -E 'test(smoke)'` with nextest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
+
+ensure_postgres
+ensure_mosquitto
+start_s3
+
+export FLEETWAVE_TEST_DATABASE_URL="${FLEETWAVE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export FLEETWAVE_TEST_MQTT_URL="${FLEETWAVE_TEST_MQTT_URL:-mqtt://127.0.0.1:1883}"
+
+cargo test --workspace --doc --quiet
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi

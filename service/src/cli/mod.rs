@@ -1,0 +1,100 @@
+//! The `fleetwave` command line: one module per noun (`key`, `release`, `demo`), each verb a
+//! function that does its work and returns what to print. Errors become one line on stderr
+//! and a non-zero exit; with `--json`, also a JSON object on stdout with a stable `code`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod demo;
+pub mod key;
+pub mod release;
+
+/// fleetwave: signed firmware, rolled out to device fleets in waves that halt themselves.
+#[derive(Debug, Parser)]
+#[command(name = "fleetwave", version, about)]
+pub struct Cli {
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level nouns.
+#[expect(clippy::large_enum_variant, reason = "parsed once per process")]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Release signing keys.
+    #[command(subcommand)]
+    Key(key::Command),
+    /// Sign and verify releases offline.
+    #[command(subcommand)]
+    Release(release::Command),
+    /// Run the end-to-end signing round trip on a generated 64 MiB image.
+    Demo(demo::Args),
+}
+
+/// How results are shown.
+#[derive(Clone, Copy, Debug)]
+pub struct Output {
+    /// JSON on stdout for scripts.
+    pub json: bool,
+}
+
+impl Output {
+    /// Whether progress bars may be drawn.
+    pub fn progress(self) -> bool {
+        !self.json
+    }
+
+    /// Prints `human` as text, or `value` as one line of JSON.
+    pub fn emit(self, human: impl std::fmt::Display, value: &serde_json::Value) {
+        if self.json {
+            println!("{value}");
+        } else {
+            println!("{human}");
+        }
+    }
+}
+
+/// Runs a parsed command line and maps its outcome to an exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let out = Output { json: cli.json };
+    let result = match cli.command {
+        Command::Key(cmd) => key::run(cmd, out),
+        Command::Release(cmd) => release::run(cmd, out),
+        Command::Demo(args) => demo::run(args, out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fleetwave: error: {err:#}");
+            if out.json {
+                let value = serde_json::json!({
+                    "ok": false,
+                    "code": error_code(&err),
+                    "error": format!("{err:#}"),
+                });
+                println!("{value}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The stable code of the innermost contract error in `err`'s chain, else `error`.
+pub fn error_code(err: &anyhow::Error) -> &'static str {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<fleetwave_artifacts::Error>())
+        .map_or("error", fleetwave_artifacts::Error::code)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

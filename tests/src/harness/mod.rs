@@ -1,0 +1,22 @@
+//! Per-test slices of the real parts (PostgreSQL, S3, MQTT), reusable by every test binary.
+
+pub mod env;
+pub mod mqtt;
+pub mod postgres;
+pub mod s3;
+
+use std::sync::Once;
+
+/// Process-wide set-up every harness constructor runs first: one rustls crypto provider
+/// (sea-orm's and object_store's TLS stacks would otherwise disagree and panic).
+pub fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
+/// A short unique id for names: 16 lowercase hex digits of a v4 UUID.
+pub fn unique_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
+}
