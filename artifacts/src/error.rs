@@ -16,8 +16,8 @@ pub enum Error {
         /// What the parser said, with line and column.
         reason: String,
     },
-    /// A field parsed but its value breaks a rule of the contract.
-    #[error("invalid manifest field `{field}`: {reason}")]
+    /// A field (of a manifest, or an id) parsed but its value breaks a rule of the contract.
+    #[error("invalid {field}: {reason}")]
     InvalidField {
         /// The manifest field at fault.
         field: &'static str,

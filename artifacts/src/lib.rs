@@ -2,6 +2,7 @@
 //!
 //! - [`manifest`]: the release manifest, its canonical bytes and field rules.
 //! - [`signing`]: ed25519 release keys, key files, the signed envelope, k-of-n verification.
+//! - [`device`]: the device id, as it appears in topics and certificates.
 //! - [`digest`]: streaming SHA-256 over images, bounded by the signed size.
 //! - [`rules`]: whether a device may install a verified release.
 //! - [`error`]: the one error enum, with a stable code per variant.
@@ -41,6 +42,7 @@
 
 #![warn(missing_docs)]
 
+pub mod device;
 pub mod digest;
 pub mod error;
 pub mod file;
@@ -48,6 +50,7 @@ pub mod manifest;
 pub mod rules;
 pub mod signing;
 
+pub use device::DeviceId;
 pub use error::Error;
 pub use manifest::{HardwareId, MANIFEST_FORMAT, Manifest, Product, Sha256, Timestamp};
 pub use signing::{KeyId, PublicKey, SecretKey, SignedManifest, TrustedKeys, VerifiedManifest};

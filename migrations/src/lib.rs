@@ -7,15 +7,29 @@
 //! The service applies pending migrations at start-up and the test harness applies them to
 //! every fresh test database, both through [`Migrator`].
 
+// async_trait's expanded signatures need `&SchemaManager` without its lifetime, as in
+// sea-orm's migration template.
+#![allow(elided_lifetimes_in_paths)]
+
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
+
+mod m20261127_000001_create_devices;
+mod m20261127_000002_create_groups;
+mod m20261127_000003_create_releases;
+mod m20261127_000004_create_api_tokens;
+mod m20261127_000005_create_audit_events;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        // The first tables (devices, groups, releases, tokens, audit) arrive with the service
-        // core; until then the schema is only sea-orm's own migration ledger.
-        Vec::new()
+        vec![
+            Box::new(m20261127_000001_create_devices::Migration),
+            Box::new(m20261127_000002_create_groups::Migration),
+            Box::new(m20261127_000003_create_releases::Migration),
+            Box::new(m20261127_000004_create_api_tokens::Migration),
+            Box::new(m20261127_000005_create_audit_events::Migration),
+        ]
     }
 }

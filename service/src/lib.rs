@@ -1,6 +1,13 @@
-//! The fleetwave service crate: the release engineer's command line today; the HTTP API,
-//! registry, rollout engine and MQTT bridge join it as they land (see ARCHITECTURE.md).
+//! The fleetwave service: the HTTP API over the device registry and audit log, and the
+//! release engineer's command line. See ARCHITECTURE.md for the module map.
 
+pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod cli;
+pub mod config;
+pub mod db;
 pub mod progress;
+pub mod registry;
+pub mod startup;
 pub mod telemetry;

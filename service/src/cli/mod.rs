@@ -6,9 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod audit;
 pub mod demo;
 pub mod key;
 pub mod release;
+pub mod serve;
 
 /// fleetwave: signed firmware, rolled out to device fleets in waves that halt themselves.
 #[derive(Debug, Parser)]
@@ -33,6 +35,23 @@ pub enum Command {
     Release(release::Command),
     /// Run the end-to-end signing round trip on a generated 64 MiB image.
     Demo(demo::Args),
+    /// Run the service: HTTP API, registry and audit log (embedded defaults without a config).
+    Serve(serve::ConfigArgs),
+    /// Apply pending database migrations and exit (the service also does this at start-up).
+    Migrate(serve::ConfigArgs),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(audit::Command),
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// Configuration verbs.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the example configuration: every key, documented, with its default.
+    Example,
 }
 
 /// How results are shown.
@@ -61,10 +80,20 @@ impl Output {
 /// Runs a parsed command line and maps its outcome to an exit code.
 pub fn run(cli: Cli) -> ExitCode {
     let out = Output { json: cli.json };
+    if !matches!(cli.command, Command::Serve(_)) {
+        crate::telemetry::init();
+    }
     let result = match cli.command {
         Command::Key(cmd) => key::run(cmd, out),
         Command::Release(cmd) => release::run(cmd, out),
         Command::Demo(args) => demo::run(args, out),
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", crate::config::EXAMPLE);
+            Ok(())
+        }
+        Command::Serve(args) => block_on(serve::serve(args, out)),
+        Command::Migrate(args) => block_on(serve::migrate(args, out)),
+        Command::Audit(cmd) => block_on(audit::run(cmd, out)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,6 +110,14 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs an async command on a fresh multi-threaded runtime.
+fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(work)
 }
 
 /// The stable code of the innermost contract error in `err`'s chain, else `error`.

@@ -1,0 +1,87 @@
+//! The HTTP API (axum): the router, its shared state and the OpenAPI document. Handlers are
+//! thin: extract, call a domain function with explicit dependencies, map the error.
+
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod health;
+pub mod v1;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use sea_orm::DatabaseConnection;
+use utoipa::OpenApi;
+
+use crate::config::Settings;
+
+/// What every handler may use. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database pool.
+    pub db: DatabaseConnection,
+    /// The settings the service started with.
+    pub settings: Arc<Settings>,
+}
+
+/// The OpenAPI document of `/v1`.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "fleetwave", description = "Fleet firmware updates in waves that halt themselves."),
+    paths(
+        health::health, health::ready,
+        v1::devices::create, v1::devices::list, v1::devices::show, v1::devices::update, v1::devices::delete,
+        v1::tokens::create,
+        v1::audit::verify,
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The whole router.
+pub fn router(state: AppState) -> Router {
+    let authenticated = Router::new()
+        .route(
+            "/v1/devices",
+            get(v1::devices::list).post(v1::devices::create),
+        )
+        .route(
+            "/v1/devices/{id}",
+            get(v1::devices::show)
+                .patch(v1::devices::update)
+                .delete(v1::devices::delete),
+        )
+        .route("/v1/tokens", axum::routing::post(v1::tokens::create))
+        .route("/v1/audit/verify", get(v1::audit::verify))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    Router::new()
+        .route("/v1/health", get(health::health))
+        .route("/v1/ready", get(health::ready))
+        .route("/v1/openapi.json", get(openapi))
+        .merge(authenticated)
+        .layer(DefaultBodyLimit::max(state.settings.server.max_body_bytes))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}

@@ -1,0 +1,5 @@
+//! Handlers of `/v1`, one module per resource.
+
+pub mod audit;
+pub mod devices;
+pub mod tokens;

@@ -1,0 +1,75 @@
+//! Connecting to the database and applying migrations: PostgreSQL in production, a SQLite
+//! file as the embedded default. Migrations run under a PostgreSQL advisory lock, so replicas
+//! that start together apply each migration once.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fleetwave_migrations::Migrator;
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, Statement,
+    TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+
+/// Serialises migrations across replicas.
+const MIGRATION_LOCK: i64 = 0x6677_6d69_6772_6174;
+
+/// Opens a pool on `url` (creating the SQLite file's directory when needed).
+pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let file = path.split('?').next().unwrap_or(path);
+        if let Some(dir) = std::path::Path::new(file)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(max_connections)
+        .connect_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    Database::connect(options)
+        .await
+        .with_context(|| format!("connecting to the database at {}", redact(url)))
+}
+
+/// Applies every pending migration, once, however many replicas start at the same time.
+pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
+    if db.get_database_backend() == DatabaseBackend::Postgres {
+        let txn = db.begin().await?;
+        txn.execute_raw(Statement::from_string(
+            DatabaseBackend::Postgres,
+            format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"),
+        ))
+        .await?;
+        Migrator::up(&txn, None)
+            .await
+            .context("applying migrations")?;
+        txn.commit().await?;
+    } else {
+        Migrator::up(db, None)
+            .await
+            .context("applying migrations")?;
+    }
+    Ok(())
+}
+
+/// The current time at the precision the databases keep (microseconds), so a value reads
+/// back exactly as it was written.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6)
+}
+
+/// `url` with any password replaced by `***`, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,350 @@
+//! Devices: register, change, remove, read and page through them. Every change is audited.
+
+use chrono::{DateTime, Utc};
+use fleetwave_artifacts::{DeviceId, HardwareId};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+};
+use serde::{Deserialize, Serialize};
+
+use super::entities::devices;
+use super::{Error, is_unique_violation};
+use crate::audit::{self, Actor, Event};
+
+/// Most attributes a device may carry, and the longest key and value.
+const MAX_ATTRIBUTES: usize = 64;
+const MAX_ATTRIBUTE_KEY: usize = 64;
+const MAX_ATTRIBUTE_VALUE: usize = 256;
+
+/// The largest page a list returns.
+pub const MAX_PAGE: u64 = 1000;
+
+/// A device as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct Device {
+    /// Device id: the thing name in topics, the CN of its certificate.
+    pub id: String,
+    /// Serial number.
+    pub serial: Option<String>,
+    /// Hardware id, matched against a release's compatibility list.
+    pub hardware: String,
+    /// Attributes (string, number or boolean values) that dynamic groups query.
+    #[schema(value_type = Object)]
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// The firmware version it last reported.
+    pub firmware_version: Option<String>,
+    /// When it was last heard from.
+    pub last_seen_at: Option<DateTime<Utc>>,
+    /// When it was registered.
+    pub created_at: DateTime<Utc>,
+    /// When it was last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<devices::Model> for Device {
+    fn from(m: devices::Model) -> Self {
+        Device {
+            id: m.id,
+            serial: m.serial,
+            hardware: m.hardware,
+            attributes: match m.attributes {
+                serde_json::Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            },
+            firmware_version: m.firmware_version,
+            last_seen_at: m.last_seen_at,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+/// A device to register.
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevice {
+    /// Device id.
+    pub id: String,
+    /// Serial number.
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// Hardware id.
+    pub hardware: String,
+    /// Attributes.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Changes to a device; absent fields stay as they are, `attributes` replaces them whole.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePatch {
+    /// New serial number.
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// New hardware id.
+    #[serde(default)]
+    pub hardware: Option<String>,
+    /// New attributes.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// One page of a list, and where the next begins.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// Which devices to list.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Continue after this cursor.
+    pub cursor: Option<String>,
+    /// Page size (1 to 1000, default 100).
+    pub limit: Option<u64>,
+    /// Only devices of this hardware id.
+    pub hardware: Option<String>,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+    Error::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// The reason inside a contract validation error, without its field name.
+fn reason(e: fleetwave_artifacts::Error) -> String {
+    match e {
+        fleetwave_artifacts::Error::InvalidField { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}
+
+fn check_attributes(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<(), Error> {
+    if attrs.len() > MAX_ATTRIBUTES {
+        return Err(invalid(
+            "attributes",
+            format!("at most {MAX_ATTRIBUTES} attributes"),
+        ));
+    }
+    for (key, value) in attrs {
+        let key_ok = !key.is_empty()
+            && key.len() <= MAX_ATTRIBUTE_KEY
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !key_ok {
+            return Err(invalid(
+                "attributes",
+                format!(
+                    "key {key:?} must be 1 to {MAX_ATTRIBUTE_KEY} characters of A-Z a-z 0-9 _ -"
+                ),
+            ));
+        }
+        let value_ok = match value {
+            serde_json::Value::String(s) => s.len() <= MAX_ATTRIBUTE_VALUE,
+            serde_json::Value::Number(_) | serde_json::Value::Bool(_) => true,
+            _ => false,
+        };
+        if !value_ok {
+            return Err(invalid(
+                "attributes",
+                format!(
+                    "{key}: values are strings (at most {MAX_ATTRIBUTE_VALUE} bytes), numbers or booleans"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_serial(serial: &Option<String>) -> Result<(), Error> {
+    match serial {
+        Some(s) if s.is_empty() || s.len() > 128 || s.chars().any(char::is_control) => {
+            Err(invalid("serial", "1 to 128 printable characters"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn parse_hardware(h: &str) -> Result<String, Error> {
+    HardwareId::parse(h)
+        .map(|h| h.as_str().to_owned())
+        .map_err(|e| invalid("hardware", reason(e)))
+}
+
+/// Registers a device.
+pub async fn create(
+    db: &DatabaseConnection,
+    actor: &Actor,
+    new: NewDevice,
+) -> Result<Device, Error> {
+    let id = DeviceId::parse(&new.id).map_err(|e| invalid("id", reason(e)))?;
+    let hardware = parse_hardware(&new.hardware)?;
+    check_serial(&new.serial)?;
+    check_attributes(&new.attributes)?;
+    let now = crate::db::now();
+    let model = devices::Model {
+        id: id.as_str().to_owned(),
+        serial: new.serial,
+        hardware,
+        attributes: serde_json::Value::Object(new.attributes),
+        firmware_version: None,
+        firmware_key: None,
+        last_seen_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let txn = db.begin().await?;
+    let inserted = devices::Entity::insert(devices::ActiveModel::from(model.clone()))
+        .exec_without_returning(&txn)
+        .await;
+    match inserted {
+        Err(e) if is_unique_violation(&e) => {
+            return Err(Error::AlreadyExists {
+                kind: "device",
+                id: model.id,
+            });
+        }
+        other => other?,
+    };
+    audit::append(
+        &txn,
+        actor,
+        Event {
+            action: "device.create",
+            subject: format!("device:{}", model.id),
+            details: serde_json::json!({"hardware": model.hardware, "serial": model.serial, "attributes": model.attributes}),
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(model.into())
+}
+
+/// Reads one device.
+pub async fn get(db: &impl ConnectionTrait, id: &str) -> Result<Device, Error> {
+    devices::Entity::find_by_id(id.to_owned())
+        .one(db)
+        .await?
+        .map(Device::from)
+        .ok_or_else(|| Error::NotFound {
+            kind: "device",
+            id: id.to_owned(),
+        })
+}
+
+/// Changes a device.
+pub async fn update(
+    db: &DatabaseConnection,
+    actor: &Actor,
+    id: &str,
+    patch: DevicePatch,
+) -> Result<Device, Error> {
+    check_serial(&patch.serial)?;
+    let hardware = patch.hardware.as_deref().map(parse_hardware).transpose()?;
+    if let Some(attrs) = &patch.attributes {
+        check_attributes(attrs)?;
+    }
+    let txn = db.begin().await?;
+    let current = devices::Entity::find_by_id(id.to_owned())
+        .lock_exclusive()
+        .one(&txn)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            kind: "device",
+            id: id.to_owned(),
+        })?;
+    let mut row: devices::ActiveModel = current.into();
+    let mut changed = serde_json::Map::new();
+    if let Some(serial) = patch.serial {
+        changed.insert("serial".into(), serial.clone().into());
+        row.serial = Set(Some(serial));
+    }
+    if let Some(hardware) = hardware {
+        changed.insert("hardware".into(), hardware.clone().into());
+        row.hardware = Set(hardware);
+    }
+    if let Some(attrs) = patch.attributes {
+        changed.insert(
+            "attributes".into(),
+            serde_json::Value::Object(attrs.clone()),
+        );
+        row.attributes = Set(serde_json::Value::Object(attrs));
+    }
+    row.updated_at = Set(crate::db::now());
+    let updated = devices::Entity::update(row).exec(&txn).await?;
+    audit::append(
+        &txn,
+        actor,
+        Event {
+            action: "device.update",
+            subject: format!("device:{id}"),
+            details: serde_json::Value::Object(changed),
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(updated.into())
+}
+
+/// Removes a device (and its group memberships).
+pub async fn delete(db: &DatabaseConnection, actor: &Actor, id: &str) -> Result<(), Error> {
+    let txn = db.begin().await?;
+    let result = devices::Entity::delete_by_id(id.to_owned())
+        .exec(&txn)
+        .await?;
+    if result.rows_affected == 0 {
+        return Err(Error::NotFound {
+            kind: "device",
+            id: id.to_owned(),
+        });
+    }
+    audit::append(
+        &txn,
+        actor,
+        Event {
+            action: "device.delete",
+            subject: format!("device:{id}"),
+            details: serde_json::json!({}),
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// A page of devices in id order, after `query.cursor`.
+pub async fn list(db: &impl ConnectionTrait, query: &ListQuery) -> Result<Page<Device>, Error> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(invalid("limit", format!("1 to {MAX_PAGE}")));
+    }
+    let mut select = devices::Entity::find().order_by_asc(devices::Column::Id);
+    if let Some(cursor) = &query.cursor {
+        select = select.filter(devices::Column::Id.gt(cursor.as_str()));
+    }
+    if let Some(hardware) = &query.hardware {
+        select = select.filter(devices::Column::Hardware.eq(hardware.as_str()));
+    }
+    let mut rows = select.limit(limit + 1).all(db).await?;
+    let next_cursor = if rows.len() as u64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| r.id.clone())
+    } else {
+        None
+    };
+    Ok(Page {
+        items: rows.into_iter().map(Device::from).collect(),
+        next_cursor,
+    })
+}

@@ -1,0 +1,9 @@
+//! sea-orm entities, one per table of `fleetwave-migrations`. Plain data: the domain modules
+//! (`registry::devices`, `audit`, ...) own the rules.
+
+pub mod api_tokens;
+pub mod audit_events;
+pub mod devices;
+pub mod group_members;
+pub mod groups;
+pub mod releases;

@@ -1,0 +1,89 @@
+//! Wiring: `Application::build` connects the database, applies migrations, makes sure an
+//! admin token exists, binds the listener and builds the router. It exposes the bound port,
+//! so tests can ask for port 0.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::auth::{self, NewToken};
+use crate::config::Settings;
+use crate::db;
+
+/// A service ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    bootstrap_token: Option<NewToken>,
+}
+
+impl Application {
+    /// Connects, migrates, bootstraps and binds, per `settings`.
+    pub async fn build(settings: Settings) -> Result<Self> {
+        let db = db::connect(&settings.database_url(), settings.database.max_connections).await?;
+        db::migrate(&db).await?;
+        let bootstrap_token = auth::bootstrap_admin(&db)
+            .await
+            .context("creating the bootstrap admin token")?;
+        let listener = TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.server.listen))?;
+        let state = AppState {
+            db,
+            settings: Arc::new(settings),
+        };
+        Ok(Application {
+            listener,
+            state,
+            bootstrap_token,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The port actually bound.
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// The base URL clients use: the configured public URL, else the bound address.
+    pub fn base_url(&self) -> String {
+        self.state
+            .settings
+            .server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.local_addr()))
+    }
+
+    /// The admin token created at this start, when the database had none.
+    pub fn bootstrap_token(&self) -> Option<&NewToken> {
+        self.bootstrap_token.as_ref()
+    }
+
+    /// The database pool.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.state.db
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        axum::serve(self.listener, api::router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving HTTP")
+    }
+}
