@@ -15,6 +15,8 @@ start_s3
 export FLEETWAVE_TEST_DATABASE_URL="${FLEETWAVE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export FLEETWAVE_TEST_MQTT_URL="${FLEETWAVE_TEST_MQTT_URL:-mqtt://127.0.0.1:1883}"
 
+# The end-to-end tests run the workspace's binaries as real processes.
+cargo build --workspace --bins --quiet
 cargo test --workspace --doc --quiet
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

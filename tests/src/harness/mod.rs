@@ -1,5 +1,7 @@
 //! Per-test slices of the real parts (PostgreSQL, S3, MQTT), reusable by every test binary.
 
+pub mod app;
+pub mod bin;
 pub mod env;
 pub mod mqtt;
 pub mod postgres;
