@@ -9,5 +9,7 @@ pub mod config;
 pub mod db;
 pub mod progress;
 pub mod registry;
+pub mod releases;
 pub mod startup;
+pub mod storage;
 pub mod telemetry;

@@ -14,6 +14,8 @@ use crate::api::{self, AppState};
 use crate::auth::{self, NewToken};
 use crate::config::Settings;
 use crate::db;
+use crate::releases::Trust;
+use crate::storage::Storage;
 
 /// A service ready to serve.
 pub struct Application {
@@ -33,9 +35,19 @@ impl Application {
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| format!("binding {}", settings.server.listen))?;
+        let trust = load_trust(&settings)?;
+        let local_addr = listener.local_addr()?;
+        let base_url = settings
+            .server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{local_addr}"));
+        let storage = Storage::from_settings(&settings, &base_url)?;
         let state = AppState {
             db,
             settings: Arc::new(settings),
+            storage,
+            trust: trust.map(Arc::new),
         };
         Ok(Application {
             listener,
@@ -71,6 +83,11 @@ impl Application {
         self.bootstrap_token.as_ref()
     }
 
+    /// The object store.
+    pub fn storage(&self) -> &Storage {
+        &self.state.storage
+    }
+
     /// The database pool.
     pub fn db(&self) -> &DatabaseConnection {
         &self.state.db
@@ -86,4 +103,22 @@ impl Application {
             .await
             .context("serving HTTP")
     }
+}
+
+/// The trusted release keys from `releases.trusted_keys`, checked against the threshold.
+fn load_trust(settings: &Settings) -> Result<Option<Trust>> {
+    let Some(path) = &settings.releases.trusted_keys else {
+        tracing::warn!("releases.trusted_keys is not set: release uploads will be refused");
+        return Ok(None);
+    };
+    let keys = fleetwave_artifacts::TrustedKeys::load(std::path::Path::new(path))
+        .with_context(|| format!("loading trusted release keys from {path}"))?;
+    let threshold = settings.releases.threshold;
+    if threshold == 0 || threshold > keys.len() {
+        anyhow::bail!(
+            "releases.threshold = {threshold} is impossible with {} trusted key(s) in {path}",
+            keys.len()
+        );
+    }
+    Ok(Some(Trust { keys, threshold }))
 }

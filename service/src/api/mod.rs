@@ -16,6 +16,8 @@ use sea_orm::DatabaseConnection;
 use utoipa::OpenApi;
 
 use crate::config::Settings;
+use crate::releases::Trust;
+use crate::storage::Storage;
 
 /// What every handler may use. Cheap to clone.
 #[derive(Clone)]
@@ -24,6 +26,10 @@ pub struct AppState {
     pub db: DatabaseConnection,
     /// The settings the service started with.
     pub settings: Arc<Settings>,
+    /// Where images live.
+    pub storage: Storage,
+    /// The release keys uploads must be signed by (none: uploads are refused).
+    pub trust: Option<Arc<Trust>>,
 }
 
 /// The OpenAPI document of `/v1`.
@@ -33,6 +39,8 @@ pub struct AppState {
     paths(
         health::health, health::ready,
         v1::devices::create, v1::devices::list, v1::devices::show, v1::devices::update, v1::devices::delete,
+        v1::releases::upload, v1::releases::list, v1::releases::show, v1::releases::download,
+        v1::releases::object,
         v1::tokens::create,
         v1::audit::verify,
     ),
@@ -66,6 +74,15 @@ pub fn router(state: AppState) -> Router {
                 .patch(v1::devices::update)
                 .delete(v1::devices::delete),
         )
+        .route(
+            "/v1/releases",
+            get(v1::releases::list)
+                .post(v1::releases::upload)
+                // The image is bounded by its manifest's signed size instead.
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/releases/{id}", get(v1::releases::show))
+        .route("/v1/releases/{id}/download", get(v1::releases::download))
         .route("/v1/tokens", axum::routing::post(v1::tokens::create))
         .route("/v1/audit/verify", get(v1::audit::verify))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -76,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/health", get(health::health))
         .route("/v1/ready", get(health::ready))
         .route("/v1/openapi.json", get(openapi_json))
+        .route("/v1/objects/{*key}", get(v1::releases::object))
         .merge(authenticated)
         .layer(DefaultBodyLimit::max(state.settings.server.max_body_bytes))
         .layer(tower_http::trace::TraceLayer::new_for_http())

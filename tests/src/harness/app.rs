@@ -3,14 +3,17 @@
 //! test an HTTP client, the base URL and the bootstrap admin token.
 
 use anyhow::{Context, Result};
-use fleetwave::config::Settings;
+use fleetwave::config::{Settings, StorageKind};
 use fleetwave::startup::Application;
+use fleetwave::storage::Storage;
+use fleetwave_artifacts::PublicKey;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use sea_orm::DatabaseConnection;
 use serde_json::Value;
 
 use super::init;
 use super::postgres::TestDb;
+use super::s3::TestBucket;
 
 /// Which database the service runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +22,34 @@ pub enum Backend {
     Postgres,
     /// A SQLite file in a temporary directory (the embedded default).
     Sqlite,
+}
+
+/// How to start the service.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Its database.
+    pub backend: Backend,
+    /// Its object store: a bucket on the real S3 server, or (None) the local directory.
+    pub s3: Option<TestBucket>,
+    /// Trusted release keys (none: uploads are refused).
+    pub trusted_keys: Vec<PublicKey>,
+    /// Signatures required.
+    pub threshold: usize,
+    /// Download URL lifetime.
+    pub url_expiry_secs: u64,
+}
+
+impl Options {
+    /// `backend` with the local object store, no trusted keys, one-hour URLs.
+    pub fn new(backend: Backend) -> Self {
+        Options {
+            backend,
+            s3: None,
+            trusted_keys: Vec::new(),
+            threshold: 1,
+            url_expiry_secs: 3600,
+        }
+    }
 }
 
 /// A running service for one test.
@@ -33,6 +64,9 @@ pub struct TestApp {
     pub database_url: String,
     /// HTTP client.
     pub http: reqwest::Client,
+    /// The service's object store.
+    pub storage: Storage,
+    s3_endpoint: Option<String>,
     _pg: Option<TestDb>,
     _dir: tempfile::TempDir,
     _server: tokio::task::JoinHandle<()>,
@@ -41,7 +75,13 @@ pub struct TestApp {
 impl TestApp {
     /// Starts the service on `backend` with a fresh database and data directory.
     pub async fn spawn(backend: Backend) -> Result<Self> {
+        Self::spawn_with(Options::new(backend)).await
+    }
+
+    /// Starts the service as `options` say.
+    pub async fn spawn_with(options: Options) -> Result<Self> {
         init();
+        let backend = options.backend;
         let dir = tempfile::tempdir()?;
         let (pg, database_url) = match backend {
             Backend::Postgres => {
@@ -61,6 +101,27 @@ impl TestApp {
         settings.data_dir = dir.path().to_owned();
         settings.database.url = Some(database_url.clone().into());
         settings.server.listen = "127.0.0.1:0".parse()?;
+        settings.storage.url_expiry_secs = options.url_expiry_secs;
+        if let Some(bucket) = &options.s3 {
+            settings.storage.kind = StorageKind::S3;
+            settings.storage.endpoint = Some(bucket.server.endpoint.clone());
+            settings.storage.bucket = Some(bucket.name.clone());
+            settings.storage.region = bucket.server.region.clone();
+            settings.storage.access_key_id = Some(bucket.server.access_key.clone());
+            settings.storage.secret_access_key = Some(bucket.server.secret_key.clone().into());
+            settings.storage.allow_http = true;
+        }
+        if !options.trusted_keys.is_empty() {
+            let path = dir.path().join("trusted.pub");
+            let lines: Vec<String> = options
+                .trusted_keys
+                .iter()
+                .map(PublicKey::to_line)
+                .collect();
+            std::fs::write(&path, lines.join("\n"))?;
+            settings.releases.trusted_keys = Some(path.display().to_string());
+            settings.releases.threshold = options.threshold;
+        }
         let app = Application::build(settings)
             .await
             .context("building the service")?;
@@ -71,6 +132,7 @@ impl TestApp {
             .clone();
         let base_url = app.base_url();
         let db = app.db().clone();
+        let storage = app.storage().clone();
         let server = tokio::spawn(async move {
             let _ = app.run_until(std::future::pending()).await;
         });
@@ -80,6 +142,8 @@ impl TestApp {
             db,
             database_url,
             http: reqwest::Client::new(),
+            storage,
+            s3_endpoint: options.s3.as_ref().map(|b| b.server.endpoint.clone()),
             _pg: pg,
             _dir: dir,
             _server: server,
@@ -129,6 +193,24 @@ impl TestApp {
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
         (status, value)
+    }
+
+    /// The S3 endpoint the service uses (empty with the local store).
+    pub fn storage_endpoint(&self) -> String {
+        self.s3_endpoint.clone().unwrap_or_default()
+    }
+
+    /// How many objects the service's store holds.
+    pub async fn object_count(&self) -> usize {
+        use futures::TryStreamExt;
+        let objects: Vec<_> = self
+            .storage
+            .store()
+            .list(None)
+            .try_collect()
+            .await
+            .expect("listing objects");
+        objects.len()
     }
 
     /// Creates a token with `role` and returns its secret.

@@ -6,14 +6,23 @@ use reqwest::{Method, StatusCode};
 
 use crate::on_both_backends;
 
-const PUBLIC: [&str; 3] = ["/v1/health", "/v1/ready", "/v1/openapi.json"];
+/// Routes anyone may call: probes, the API document, and signed download URLs.
+const PUBLIC: [&str; 4] = [
+    "/v1/health",
+    "/v1/ready",
+    "/v1/openapi.json",
+    "/v1/objects/x",
+];
 
 /// Every (method, concrete path) the OpenAPI document lists.
 fn routes() -> Vec<(Method, String)> {
     let doc = fleetwave::api::openapi();
     let mut routes = Vec::new();
     for (path, item) in &doc.paths.paths {
-        let concrete = path.replace("{id}", "x").replace("{name}", "x");
+        let concrete = path
+            .replace("{id}", "x")
+            .replace("{name}", "x")
+            .replace("{key}", "x");
         for (method, op) in [
             (Method::GET, &item.get),
             (Method::POST, &item.post),

@@ -4,6 +4,7 @@
 mod audit;
 mod auth;
 mod devices;
+mod releases;
 mod serve;
 
 /// Runs an async test body once per backend.

@@ -2,4 +2,5 @@
 
 pub mod audit;
 pub mod devices;
+pub mod releases;
 pub mod tokens;
