@@ -39,6 +39,8 @@ pub struct AppState {
     paths(
         health::health, health::ready,
         v1::devices::create, v1::devices::list, v1::devices::show, v1::devices::update, v1::devices::delete,
+        v1::groups::create, v1::groups::list, v1::groups::show, v1::groups::delete, v1::groups::devices,
+        v1::groups::add_members, v1::groups::remove_member,
         v1::releases::upload, v1::releases::list, v1::releases::show, v1::releases::download,
         v1::releases::object,
         v1::tokens::create,
@@ -73,6 +75,20 @@ pub fn router(state: AppState) -> Router {
             get(v1::devices::show)
                 .patch(v1::devices::update)
                 .delete(v1::devices::delete),
+        )
+        .route("/v1/groups", get(v1::groups::list).post(v1::groups::create))
+        .route(
+            "/v1/groups/{name}",
+            get(v1::groups::show).delete(v1::groups::delete),
+        )
+        .route("/v1/groups/{name}/devices", get(v1::groups::devices))
+        .route(
+            "/v1/groups/{name}/members",
+            axum::routing::post(v1::groups::add_members),
+        )
+        .route(
+            "/v1/groups/{name}/members/{id}",
+            axum::routing::delete(v1::groups::remove_member),
         )
         .route(
             "/v1/releases",

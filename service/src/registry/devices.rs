@@ -2,9 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use fleetwave_artifacts::{DeviceId, HardwareId};
+use sea_orm::sea_query::{Expr, IntoCondition};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 
@@ -112,6 +113,8 @@ pub struct ListQuery {
     pub limit: Option<u64>,
     /// Only devices of this hardware id.
     pub hardware: Option<String>,
+    /// Only devices matching this query (the language of dynamic groups).
+    pub query: Option<String>,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
@@ -231,6 +234,35 @@ pub async fn create(
     Ok(model.into())
 }
 
+/// Records the firmware version a device reported (from its shadow) and when it was seen.
+pub async fn record_firmware(
+    db: &impl ConnectionTrait,
+    id: &str,
+    version: &semver::Version,
+) -> Result<(), Error> {
+    let now = crate::db::now();
+    let result = devices::Entity::update_many()
+        .col_expr(
+            devices::Column::FirmwareVersion,
+            Expr::value(version.to_string()),
+        )
+        .col_expr(
+            devices::Column::FirmwareKey,
+            Expr::value(super::version_key::of(version)),
+        )
+        .col_expr(devices::Column::LastSeenAt, Expr::value(now))
+        .filter(devices::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    if result.rows_affected == 0 {
+        return Err(Error::NotFound {
+            kind: "device",
+            id: id.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// Reads one device.
 pub async fn get(db: &impl ConnectionTrait, id: &str) -> Result<Device, Error> {
     devices::Entity::find_by_id(id.to_owned())
@@ -323,18 +355,35 @@ pub async fn delete(db: &DatabaseConnection, actor: &Actor, id: &str) -> Result<
     Ok(())
 }
 
-/// A page of devices in id order, after `query.cursor`.
+/// A page of devices in id order, after `query.cursor`, optionally filtered by hardware
+/// and by a device query.
 pub async fn list(db: &impl ConnectionTrait, query: &ListQuery) -> Result<Page<Device>, Error> {
-    let limit = query.limit.unwrap_or(100);
+    let mut condition = Condition::all();
+    if let Some(hardware) = &query.hardware {
+        condition = condition.add(devices::Column::Hardware.eq(hardware.as_str()));
+    }
+    if let Some(q) = &query.query {
+        condition = condition.add(super::groups::parse_query(q)?.to_sql(db.get_database_backend()));
+    }
+    page(db, condition, query.cursor.as_deref(), query.limit).await
+}
+
+/// One page of the devices matching `condition`, in id order, after `cursor`.
+pub async fn page(
+    db: &impl ConnectionTrait,
+    condition: impl IntoCondition,
+    cursor: Option<&str>,
+    limit: Option<u64>,
+) -> Result<Page<Device>, Error> {
+    let limit = limit.unwrap_or(100);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(invalid("limit", format!("1 to {MAX_PAGE}")));
     }
-    let mut select = devices::Entity::find().order_by_asc(devices::Column::Id);
-    if let Some(cursor) = &query.cursor {
-        select = select.filter(devices::Column::Id.gt(cursor.as_str()));
-    }
-    if let Some(hardware) = &query.hardware {
-        select = select.filter(devices::Column::Hardware.eq(hardware.as_str()));
+    let mut select = devices::Entity::find()
+        .filter(condition)
+        .order_by_asc(devices::Column::Id);
+    if let Some(cursor) = cursor {
+        select = select.filter(devices::Column::Id.gt(cursor));
     }
     let mut rows = select.limit(limit + 1).all(db).await?;
     let next_cursor = if rows.len() as u64 > limit {

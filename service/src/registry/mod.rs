@@ -4,6 +4,8 @@
 
 pub mod devices;
 pub mod entities;
+pub mod groups;
+pub mod query;
 pub mod version_key;
 
 use sea_orm::DbErr;

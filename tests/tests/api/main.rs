@@ -4,6 +4,7 @@
 mod audit;
 mod auth;
 mod devices;
+mod groups;
 mod releases;
 mod serve;
 

@@ -2,5 +2,6 @@
 
 pub mod audit;
 pub mod devices;
+pub mod groups;
 pub mod releases;
 pub mod tokens;
