@@ -419,29 +419,29 @@ impl Query {
 fn compare(backend: DatabaseBackend, field: &Field, op: Op, literal: &Literal) -> SimpleExpr {
     let (lhs, rhs): (SimpleExpr, SimpleExpr) = match (field, literal) {
         (Field::Id, Literal::Str(s)) => (
-            Expr::col(devices::Column::Id).into(),
-            Expr::val(s.clone()).into(),
+            Expr::col(devices::Column::Id),
+            Expr::val(s.clone()),
         ),
         (Field::Serial, Literal::Str(s)) => (
-            Expr::col(devices::Column::Serial).into(),
-            Expr::val(s.clone()).into(),
+            Expr::col(devices::Column::Serial),
+            Expr::val(s.clone()),
         ),
         (Field::Hardware, Literal::Str(s)) => (
-            Expr::col(devices::Column::Hardware).into(),
-            Expr::val(s.clone()).into(),
+            Expr::col(devices::Column::Hardware),
+            Expr::val(s.clone()),
         ),
         (Field::Firmware, Literal::Str(v)) => {
             let key = Version::parse(v)
                 .map(|v| version_key::of(&v))
                 .unwrap_or_default();
             (
-                Expr::col(devices::Column::FirmwareKey).into(),
-                Expr::val(key).into(),
+                Expr::col(devices::Column::FirmwareKey),
+                Expr::val(key),
             )
         }
         (Field::Attribute(key), literal) => attribute(backend, key, literal),
         // Parsing admits no other pairs.
-        _ => (Expr::val(1).into(), Expr::val(0).into()),
+        _ => (Expr::val(1), Expr::val(0)),
     };
     let lhs = Expr::expr(lhs);
     match op {
@@ -461,27 +461,27 @@ fn attribute(backend: DatabaseBackend, key: &str, literal: &Literal) -> (SimpleE
     let (sql, rhs): (&str, SimpleExpr) = match (literal, postgres) {
         (Literal::Str(s), true) => (
             r#"(CASE WHEN jsonb_typeof("attributes" -> $1) = 'string' THEN "attributes" ->> $2 END)"#,
-            Expr::val(s.clone()).into(),
+            Expr::val(s.clone()),
         ),
         (Literal::Str(s), false) => (
             r#"(CASE WHEN json_type("attributes", ?) = 'text' THEN json_extract("attributes", ?) END)"#,
-            Expr::val(s.clone()).into(),
+            Expr::val(s.clone()),
         ),
         (Literal::Num(n), true) => (
             r#"(CASE WHEN jsonb_typeof("attributes" -> $1) = 'number' THEN ("attributes" ->> $2)::float8 END)"#,
-            Expr::val(*n).into(),
+            Expr::val(*n),
         ),
         (Literal::Num(n), false) => (
             r#"(CASE WHEN json_type("attributes", ?) IN ('integer', 'real') THEN json_extract("attributes", ?) END)"#,
-            Expr::val(*n).into(),
+            Expr::val(*n),
         ),
         (Literal::Bool(b), true) => (
             r#"(CASE WHEN jsonb_typeof("attributes" -> $1) = 'boolean' THEN "attributes" ->> $2 END)"#,
-            Expr::val(b.to_string()).into(),
+            Expr::val(b.to_string()),
         ),
         (Literal::Bool(b), false) => (
             r#"(CASE WHEN json_type("attributes", ?) IN ('true', 'false') THEN json_type("attributes", ?) END)"#,
-            Expr::val(b.to_string()).into(),
+            Expr::val(b.to_string()),
         ),
     };
     let arg = if postgres { key.to_owned() } else { path };
