@@ -197,7 +197,10 @@ fn lex(input: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
                             match chars.get(i + 1) {
                                 Some(e @ ('"' | '\\')) => s.push(*e),
                                 _ => {
-                                    return Err(err(i, "only \\\" and \\\\ are escapes".to_owned()));
+                                    return Err(err(
+                                        i,
+                                        "only \\\" and \\\\ are escapes".to_owned(),
+                                    ));
                                 }
                             }
                             i += 2;
@@ -418,26 +421,18 @@ impl Query {
 
 fn compare(backend: DatabaseBackend, field: &Field, op: Op, literal: &Literal) -> SimpleExpr {
     let (lhs, rhs): (SimpleExpr, SimpleExpr) = match (field, literal) {
-        (Field::Id, Literal::Str(s)) => (
-            Expr::col(devices::Column::Id),
-            Expr::val(s.clone()),
-        ),
-        (Field::Serial, Literal::Str(s)) => (
-            Expr::col(devices::Column::Serial),
-            Expr::val(s.clone()),
-        ),
-        (Field::Hardware, Literal::Str(s)) => (
-            Expr::col(devices::Column::Hardware),
-            Expr::val(s.clone()),
-        ),
+        (Field::Id, Literal::Str(s)) => (Expr::col(devices::Column::Id), Expr::val(s.clone())),
+        (Field::Serial, Literal::Str(s)) => {
+            (Expr::col(devices::Column::Serial), Expr::val(s.clone()))
+        }
+        (Field::Hardware, Literal::Str(s)) => {
+            (Expr::col(devices::Column::Hardware), Expr::val(s.clone()))
+        }
         (Field::Firmware, Literal::Str(v)) => {
             let key = Version::parse(v)
                 .map(|v| version_key::of(&v))
                 .unwrap_or_default();
-            (
-                Expr::col(devices::Column::FirmwareKey),
-                Expr::val(key),
-            )
+            (Expr::col(devices::Column::FirmwareKey), Expr::val(key))
         }
         (Field::Attribute(key), literal) => attribute(backend, key, literal),
         // Parsing admits no other pairs.
