@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod audit;
+pub mod client;
 pub mod demo;
+pub mod fleet;
 pub mod key;
 pub mod release;
 pub mod serve;
@@ -19,20 +21,31 @@ pub struct Cli {
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Where the service is, for the verbs that call it.
+    #[command(flatten)]
+    pub server: client::ServerArgs,
     #[command(subcommand)]
     pub command: Command,
 }
 
 /// The top-level nouns.
-#[expect(clippy::large_enum_variant, reason = "parsed once per process")]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Release signing keys.
     #[command(subcommand)]
     Key(key::Command),
-    /// Sign and verify releases offline.
+    /// Sign and verify releases offline; upload and list them on the service.
     #[command(subcommand)]
     Release(release::Command),
+    /// Devices in the registry.
+    #[command(subcommand)]
+    Device(fleet::DeviceCommand),
+    /// Device groups.
+    #[command(subcommand)]
+    Group(fleet::GroupCommand),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(fleet::TokenCommand),
     /// Run the end-to-end signing round trip on a generated 64 MiB image.
     Demo(demo::Args),
     /// Run the service: HTTP API, registry and audit log (embedded defaults without a config).
@@ -85,7 +98,13 @@ pub fn run(cli: Cli) -> ExitCode {
     }
     let result = match cli.command {
         Command::Key(cmd) => key::run(cmd, out),
+        Command::Release(cmd) if cmd.is_remote() => {
+            block_on(release::remote(cmd, &cli.server, out))
+        }
         Command::Release(cmd) => release::run(cmd, out),
+        Command::Device(cmd) => block_on(fleet::device(cmd, &cli.server, out)),
+        Command::Group(cmd) => block_on(fleet::group(cmd, &cli.server, out)),
+        Command::Token(cmd) => block_on(fleet::token(cmd, &cli.server, out)),
         Command::Demo(args) => demo::run(args, out),
         Command::Config(ConfigCommand::Example) => {
             print!("{}", crate::config::EXAMPLE);
@@ -120,11 +139,18 @@ fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyh
         .block_on(work)
 }
 
-/// The stable code of the innermost contract error in `err`'s chain, else `error`.
-pub fn error_code(err: &anyhow::Error) -> &'static str {
+/// The stable code of the first API or contract error in `err`'s chain, else `error`.
+pub fn error_code(err: &anyhow::Error) -> String {
     err.chain()
-        .find_map(|e| e.downcast_ref::<fleetwave_artifacts::Error>())
-        .map_or("error", fleetwave_artifacts::Error::code)
+        .find_map(|e| {
+            e.downcast_ref::<client::ApiFailure>()
+                .map(|f| f.code.clone())
+                .or_else(|| {
+                    e.downcast_ref::<fleetwave_artifacts::Error>()
+                        .map(|c| c.code().to_owned())
+                })
+        })
+        .unwrap_or_else(|| "error".to_owned())
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use fleetwave_artifacts::{
 use semver::Version;
 
 use super::Output;
+use super::client::{Client, ServerArgs, encode};
 use crate::progress;
 
 /// Release verbs.
@@ -34,6 +35,126 @@ pub enum Command {
     },
     /// Verify IMAGE against a signed manifest and trusted keys, as a device would.
     Verify(VerifyArgs),
+    /// Upload a signed release to the service (the image streams, with a progress bar).
+    Upload {
+        /// The firmware image.
+        image: PathBuf,
+        /// Its signed manifest.
+        #[arg(long)]
+        manifest: PathBuf,
+    },
+    /// List the service's releases.
+    List {
+        /// Only this product.
+        #[arg(long)]
+        product: Option<String>,
+    },
+}
+
+impl Command {
+    /// Whether the verb talks to the service (and so runs asynchronously).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Command::Upload { .. } | Command::List { .. })
+    }
+}
+
+/// Runs a verb that talks to the service.
+pub async fn remote(cmd: Command, server: &ServerArgs, out: Output) -> Result<()> {
+    let client = Client::new(server)?;
+    match cmd {
+        Command::Upload { image, manifest } => {
+            let release = upload(&client, &image, &manifest, out).await?;
+            out.emit(
+                format_args!(
+                    "uploaded {} {} as release {} ({} bytes at {})",
+                    release["product"].as_str().unwrap_or(""),
+                    release["version"].as_str().unwrap_or(""),
+                    release["id"].as_str().unwrap_or(""),
+                    release["size"],
+                    release["object_key"].as_str().unwrap_or("")
+                ),
+                &release,
+            );
+        }
+        Command::List { product } => {
+            let mut path = "/v1/releases?limit=1000".to_owned();
+            if let Some(p) = &product {
+                path.push_str(&format!("&product={}", encode(p)));
+            }
+            let releases = client.all_pages(&path).await?;
+            let mut text = format!(
+                "{:<38} {:<20} {:<12} {:>12} UPLOADED",
+                "ID", "PRODUCT", "VERSION", "BYTES"
+            );
+            for r in &releases {
+                text.push_str(&format!(
+                    "\n{:<38} {:<20} {:<12} {:>12} {}",
+                    r["id"].as_str().unwrap_or(""),
+                    r["product"].as_str().unwrap_or(""),
+                    r["version"].as_str().unwrap_or(""),
+                    r["size"],
+                    r["uploaded_at"].as_str().unwrap_or("")
+                ));
+            }
+            out.emit(text, &serde_json::Value::Array(releases.clone()));
+        }
+        other => anyhow::bail!("{other:?} does not talk to the service"),
+    }
+    Ok(())
+}
+
+/// Checks the manifest locally, then streams the manifest and image to the service.
+async fn upload(
+    client: &Client,
+    image: &Path,
+    manifest: &Path,
+    out: Output,
+) -> Result<serde_json::Value> {
+    use futures::StreamExt;
+    use reqwest::multipart::{Form, Part};
+
+    // Refuse locally what the service would refuse anyway, before sending gigabytes.
+    let signed = load_manifest(manifest)?;
+    let manifest_bytes =
+        std::fs::read(manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let file = tokio::fs::File::open(image)
+        .await
+        .with_context(|| format!("opening image {}", image.display()))?;
+    let len = file.metadata().await?.len();
+    if len != signed.manifest().size {
+        anyhow::bail!(fleetwave_artifacts::Error::SizeMismatch {
+            expected: signed.manifest().size,
+            actual: len,
+        });
+    }
+    let bar = progress::bytes(len, "uploading", out.progress());
+    let counter = bar.clone();
+    let stream =
+        tokio_util::io::ReaderStream::with_capacity(file, fleetwave_artifacts::digest::CHUNK)
+            .inspect(move |chunk| {
+                if let Ok(c) = chunk {
+                    counter.inc(c.len() as u64);
+                }
+            });
+    let form = Form::new()
+        .part(
+            "manifest",
+            Part::bytes(manifest_bytes).mime_str("application/json")?,
+        )
+        .part(
+            "image",
+            Part::stream_with_length(reqwest::Body::wrap_stream(stream), len)
+                .mime_str("application/octet-stream")?,
+        );
+    let result = client
+        .send(
+            client
+                .request(reqwest::Method::POST, "/v1/releases")
+                .multipart(form),
+        )
+        .await;
+    bar.finish_and_clear();
+    result
 }
 
 /// Arguments of `release sign`.
@@ -126,6 +247,9 @@ pub fn run(cmd: Command, out: Output) -> Result<()> {
                 &serde_json::json!({"ok": true, "signatures": signed.signatures().len()}),
             );
             Ok(())
+        }
+        Command::Upload { .. } | Command::List { .. } => {
+            anyhow::bail!("this verb talks to the service: run it through `remote`")
         }
         Command::Verify(args) => {
             let verified = verify(&args, out)?;

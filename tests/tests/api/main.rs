@@ -3,6 +3,7 @@
 
 mod audit;
 mod auth;
+mod cli;
 mod devices;
 mod groups;
 mod releases;
