@@ -24,8 +24,23 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// Where firmware objects live.
     pub storage: StorageSettings,
+    /// Device messaging.
+    pub mqtt: MqttSettings,
     /// Which releases are accepted.
     pub releases: ReleaseSettings,
+}
+
+/// `[mqtt]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSettings {
+    /// External broker URL; empty runs the embedded broker.
+    #[serde(deserialize_with = "empty_secret_as_none")]
+    pub url: Option<SecretString>,
+    /// Embedded broker address.
+    pub listen: SocketAddr,
+    /// Topic prefix.
+    pub prefix: String,
 }
 
 /// `[server]`

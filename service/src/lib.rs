@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod mqtt;
 pub mod progress;
 pub mod registry;
 pub mod releases;

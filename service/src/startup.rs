@@ -20,6 +20,7 @@ use crate::storage::Storage;
 /// A service ready to serve.
 pub struct Application {
     listener: TcpListener,
+    mqtt_url: String,
     state: AppState,
     bootstrap_token: Option<NewToken>,
 }
@@ -35,6 +36,13 @@ impl Application {
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| format!("binding {}", settings.server.listen))?;
+        let mqtt_url = match &settings.mqtt.url {
+            Some(url) => secrecy::ExposeSecret::expose_secret(url).to_owned(),
+            None => format!(
+                "mqtt://{}",
+                crate::mqtt::broker::start(settings.mqtt.listen)?
+            ),
+        };
         let trust = load_trust(&settings)?;
         let local_addr = listener.local_addr()?;
         let base_url = settings
@@ -51,6 +59,7 @@ impl Application {
         };
         Ok(Application {
             listener,
+            mqtt_url,
             state,
             bootstrap_token,
         })
@@ -76,6 +85,11 @@ impl Application {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{}", self.local_addr()))
+    }
+
+    /// The MQTT broker devices connect to (the embedded one's address, when it runs).
+    pub fn mqtt_url(&self) -> &str {
+        &self.mqtt_url
     }
 
     /// The admin token created at this start, when the database had none.

@@ -32,13 +32,15 @@ pub async fn serve(args: ConfigArgs, out: Output) -> Result<()> {
     let data_dir = settings.data_dir.clone();
     let app = Application::build(settings).await?;
     let url = app.base_url();
-    let mut banner = serde_json::json!({"event": "serving", "url": url});
+    let mqtt = db::redact(app.mqtt_url());
+    let mut banner = serde_json::json!({"event": "serving", "url": url, "mqtt": mqtt});
     if out.json {
         println!("{banner}");
     } else {
         println!(
             "fleetwave serving on {url}  (API under {url}/v1, OpenAPI at {url}/v1/openapi.json)"
         );
+        println!("devices connect to MQTT at {mqtt}");
     }
     if let Some(token) = app.bootstrap_token() {
         let saved = save_token(&data_dir, &token.secret);

@@ -102,6 +102,9 @@ impl TestApp {
         settings.database.url = Some(database_url.clone().into());
         settings.server.listen = "127.0.0.1:0".parse()?;
         settings.storage.url_expiry_secs = options.url_expiry_secs;
+        // The real broker of this run, not an embedded one per test.
+        let (host, port) = super::env::mqtt_broker();
+        settings.mqtt.url = Some(format!("mqtt://{host}:{port}").into());
         if let Some(bucket) = &options.s3 {
             settings.storage.kind = StorageKind::S3;
             settings.storage.endpoint = Some(bucket.server.endpoint.clone());
