@@ -4,6 +4,7 @@
 #   ensure_mosquitto  Mosquitto on 127.0.0.1:1883 (reused when running)
 #   start_s3          s3s-fs, the S3-compatible server, on a free port for this run only;
 #                     exports FLEETWAVE_TEST_S3_* and stops it (and deletes its data) on exit.
+#   start_services    all three, and exports FLEETWAVE_TEST_DATABASE_URL and _MQTT_URL.
 
 S3S_FS_VERSION=0.14.1   # newer releases need a newer rustc than 1.95
 
@@ -109,4 +110,12 @@ stop_s3() {
   fi
   [ -n "${S3_DATA_DIR:-}" ] && rm -rf "$S3_DATA_DIR"
   return 0
+}
+
+start_services() {
+  ensure_postgres
+  ensure_mosquitto
+  start_s3
+  export FLEETWAVE_TEST_DATABASE_URL="${FLEETWAVE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+  export FLEETWAVE_TEST_MQTT_URL="${FLEETWAVE_TEST_MQTT_URL:-mqtt://127.0.0.1:1883}"
 }

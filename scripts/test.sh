@@ -8,16 +8,13 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
 
-ensure_postgres
-ensure_mosquitto
-start_s3
-
-export FLEETWAVE_TEST_DATABASE_URL="${FLEETWAVE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-export FLEETWAVE_TEST_MQTT_URL="${FLEETWAVE_TEST_MQTT_URL:-mqtt://127.0.0.1:1883}"
+start_services
 
 # The end-to-end tests run the workspace's binaries as real processes.
 cargo build --workspace --bins --quiet
 cargo test --workspace --doc --quiet
+# Smoke runs of the benchmarks, so they never rot (figures come from scripts/bench.sh).
+cargo run --quiet -p fleetwave-tests --bin bench-upload -- --size-mib 16
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

@@ -68,47 +68,51 @@ impl ImageHasher {
     }
 }
 
+/// Feeds `reader` to `each` one chunk at a time, in bounded memory, until the end.
+fn for_each_chunk(
+    mut reader: impl Read,
+    mut each: impl FnMut(&[u8]) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => each(&buf[..n])?,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Hashes everything `reader` yields, calling `progress` with the running byte count.
 pub fn sha256_reader(
-    mut reader: impl Read,
+    reader: impl Read,
     mut progress: impl FnMut(u64),
 ) -> Result<(Sha256, u64), Error> {
     let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        };
-        hasher.update(&buf[..n]);
-        total += n as u64;
+    for_each_chunk(reader, |chunk| {
+        hasher.update(chunk);
+        total += chunk.len() as u64;
         progress(total);
-    }
+        Ok(())
+    })?;
     Ok((Sha256(hasher.finalize().into()), total))
 }
 
 /// Streams `reader` through an [`ImageHasher`] for `manifest`: fails as soon as more than the
 /// signed size arrives, and at the end on a size or digest mismatch.
 pub fn verify_reader(
-    mut reader: impl Read,
+    reader: impl Read,
     manifest: &Manifest,
     mut progress: impl FnMut(u64),
 ) -> Result<(), Error> {
     let mut hasher = ImageHasher::new(manifest.size);
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        };
-        hasher.update(&buf[..n])?;
+    for_each_chunk(reader, |chunk| {
+        hasher.update(chunk)?;
         progress(hasher.bytes());
-    }
+        Ok(())
+    })?;
     hasher.finish(&manifest.sha256)
 }
 

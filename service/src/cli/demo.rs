@@ -136,8 +136,9 @@ fn steps(dir: &Path, image_mib: u64, out: Output) -> Result<()> {
     Ok(())
 }
 
-/// Writes `len` bytes of deterministic pseudo-random data (xorshift), 1 MiB at a time.
-fn write_image(path: &Path, len: u64) -> Result<()> {
+/// Writes `len` bytes of deterministic pseudo-random data (xorshift), 1 MiB at a time:
+/// incompressible, so no layer can cheat on it. Demos and benchmarks make images with it.
+pub fn write_image(path: &Path, len: u64) -> Result<()> {
     let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut chunk = vec![0u8; 1 << 20];

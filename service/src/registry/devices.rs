@@ -375,25 +375,42 @@ pub async fn page(
     cursor: Option<&str>,
     limit: Option<u64>,
 ) -> Result<Page<Device>, Error> {
-    let limit = limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(invalid("limit", format!("1 to {MAX_PAGE}")));
-    }
+    let limit = page_limit(limit)?;
     let mut select = devices::Entity::find()
         .filter(condition)
         .order_by_asc(devices::Column::Id);
     if let Some(cursor) = cursor {
         select = select.filter(devices::Column::Id.gt(cursor));
     }
-    let mut rows = select.limit(limit + 1).all(db).await?;
-    let next_cursor = if rows.len() as u64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.id.clone())
-    } else {
-        None
-    };
-    Ok(Page {
-        items: rows.into_iter().map(Device::from).collect(),
-        next_cursor,
-    })
+    let rows = select.limit(limit + 1).all(db).await?;
+    Ok(Page::from_rows(rows, limit, |r| r.id.clone()))
+}
+
+/// A requested page size, checked: 1 to [`MAX_PAGE`], 100 when absent.
+pub fn page_limit(limit: Option<u64>) -> Result<u64, Error> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(invalid("limit", format!("1 to {MAX_PAGE}")));
+    }
+    Ok(limit)
+}
+
+impl<T> Page<T> {
+    /// A page from up to `limit + 1` rows fetched in cursor order: the extra row, if there
+    /// is one, only tells that a next page exists, which starts after the last kept row.
+    pub fn from_rows<M>(mut rows: Vec<M>, limit: u64, cursor_of: impl Fn(&M) -> String) -> Self
+    where
+        T: From<M>,
+    {
+        let next_cursor = if rows.len() as u64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(cursor_of)
+        } else {
+            None
+        };
+        Page {
+            items: rows.into_iter().map(T::from).collect(),
+            next_cursor,
+        }
+    }
 }

@@ -51,6 +51,9 @@ pub enum Error {
     /// The upload lacks a part, or has them out of order.
     #[error("{0}")]
     BadUpload(String),
+    /// A list query with a bad parameter.
+    #[error("{0}")]
+    InvalidQuery(String),
     /// No such release.
     #[error("release {0} not found")]
     NotFound(String),
@@ -249,10 +252,8 @@ pub struct ListQuery {
 
 /// Releases in upload order, a page at a time.
 pub async fn list(db: &impl ConnectionTrait, query: &ListQuery) -> Result<Page<Release>, Error> {
-    let limit = query
-        .limit
-        .unwrap_or(100)
-        .clamp(1, crate::registry::devices::MAX_PAGE);
+    let limit = crate::registry::devices::page_limit(query.limit)
+        .map_err(|e| Error::InvalidQuery(e.to_string()))?;
     let mut select = releases::Entity::find().order_by_asc(releases::Column::Id);
     if let Some(cursor) = &query.cursor {
         select = select.filter(releases::Column::Id.gt(cursor.as_str()));
@@ -260,15 +261,6 @@ pub async fn list(db: &impl ConnectionTrait, query: &ListQuery) -> Result<Page<R
     if let Some(product) = &query.product {
         select = select.filter(releases::Column::Product.eq(product.as_str()));
     }
-    let mut rows = select.limit(limit + 1).all(db).await?;
-    let next_cursor = if rows.len() as u64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.id.clone())
-    } else {
-        None
-    };
-    Ok(Page {
-        items: rows.into_iter().map(Release::from).collect(),
-        next_cursor,
-    })
+    let rows = select.limit(limit + 1).all(db).await?;
+    Ok(Page::from_rows(rows, limit, |r| r.id.clone()))
 }

@@ -1,17 +1,17 @@
 //! The workspace's binaries (`fleetwave`, `fleetwave-agent`) as real processes. Cargo builds
 //! them with the tests (`cargo test --workspace`, `cargo nextest run --workspace`) into the
-//! same directory as the test executables' parent.
+//! target/<profile>/ directory as the test and bench executables.
 
 use std::path::PathBuf;
 
 /// The path of workspace binary `name`, next to the running test executable.
 pub fn path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executables live in target/<profile>/deps");
+    // Tests live in target/<profile>/deps/, bench binaries in target/<profile>/.
+    let mut dir = exe.parent().expect("an executable lives in a directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("deps/ has a parent");
+    }
     let bin = dir.join(name);
     assert!(
         bin.is_file(),

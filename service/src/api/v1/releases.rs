@@ -34,6 +34,11 @@ impl From<releases::Error> for ApiError {
                 e.to_string(),
             ),
             E::BadUpload(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_upload", e.to_string()),
+            E::InvalidQuery(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                e.to_string(),
+            ),
             E::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
             E::Storage(s) => ApiError::internal(s),
             E::Db(d) => ApiError::internal(d),

@@ -1,0 +1,212 @@
+//! Benchmark: a release upload through the real `fleetwave serve` process (PostgreSQL + the
+//! S3 server) against the baseline of the same bytes uploaded straight into the same S3
+//! server with object_store, measured in the same run. Reports throughput as a ratio to the
+//! baseline and the service's resident memory before and during the upload (sampled from
+//! /proc every 20 ms), which must stay flat whatever the image size.
+//!
+//! `scripts/bench.sh` runs it (1 GiB by default); CI runs a 16 MiB smoke run so it never rots.
+//! Usage: bench-upload [--size-mib N]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use fleetwave_artifacts::{
+    HardwareId, MANIFEST_FORMAT, Manifest, Product, SecretKey, SignedManifest, Timestamp,
+};
+use fleetwave_tests::harness::postgres::TestDb;
+use fleetwave_tests::harness::s3::TestBucket;
+use fleetwave_tests::harness::{bin, env};
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut args = std::env::args().skip(1);
+    let mut size_mib: u64 = 1024;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--size-mib" => size_mib = args.next().context("--size-mib N")?.parse()?,
+            other => bail!("unknown argument {other}; usage: bench-upload [--size-mib N]"),
+        }
+    }
+    let size = size_mib << 20;
+    let dir = tempfile::tempdir()?;
+
+    // The image, its signature, a key the service trusts.
+    let image = dir.path().join("image.img");
+    fleetwave::cli::demo::write_image(&image, size)?;
+    let (sha256, _) =
+        fleetwave_artifacts::digest::sha256_reader(std::fs::File::open(&image)?, |_| {})?;
+    let key = SecretKey::generate()?;
+    std::fs::write(dir.path().join("trusted.pub"), key.public().to_line())?;
+    let now = Timestamp::now();
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        product: Product::parse("bench-os")?,
+        version: "1.0.0".parse()?,
+        hardware: vec![HardwareId::parse("rpi4")?],
+        size,
+        sha256,
+        min_version: None,
+        security_floor: None,
+        created_at: now,
+        expires_at: now.plus(Duration::from_secs(3600)),
+        delta_base: None,
+    };
+    let envelope = SignedManifest::sign(manifest, &[&key])?.to_json();
+
+    // Baseline: the same bytes straight into the same S3 server, same part size.
+    let baseline_bucket = TestBucket::new().await?;
+    let started = Instant::now();
+    let upload = baseline_bucket
+        .store
+        .put_multipart(&ObjectPath::from("baseline.img"))
+        .await?;
+    let mut writer =
+        object_store::WriteMultipart::new_with_chunk_size(upload, fleetwave::storage::PART_SIZE);
+    let mut file = tokio_util::io::ReaderStream::with_capacity(
+        tokio::fs::File::open(&image).await?,
+        256 << 10,
+    );
+    while let Some(chunk) = file.next().await {
+        writer
+            .wait_for_capacity(fleetwave::storage::PARTS_IN_FLIGHT)
+            .await?;
+        writer.write(&chunk?);
+    }
+    writer.finish().await?;
+    let baseline = started.elapsed();
+
+    // The service, as a process of its own.
+    let db = TestDb::new().await?;
+    let bucket = TestBucket::new().await?;
+    let (host, port) = env::mqtt_broker();
+    let mut child = bin::command("fleetwave")
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("FLEETWAVE__SERVER__LISTEN", "127.0.0.1:0")
+        .env("FLEETWAVE__DATABASE__URL", &db.url)
+        .env("FLEETWAVE__MQTT__URL", format!("mqtt://{host}:{port}"))
+        .env("FLEETWAVE__STORAGE__KIND", "s3")
+        .env("FLEETWAVE__STORAGE__ENDPOINT", &bucket.server.endpoint)
+        .env("FLEETWAVE__STORAGE__BUCKET", &bucket.name)
+        .env("FLEETWAVE__STORAGE__REGION", &bucket.server.region)
+        .env(
+            "FLEETWAVE__STORAGE__ACCESS_KEY_ID",
+            &bucket.server.access_key,
+        )
+        .env(
+            "FLEETWAVE__STORAGE__SECRET_ACCESS_KEY",
+            &bucket.server.secret_key,
+        )
+        .env("FLEETWAVE__STORAGE__ALLOW_HTTP", "true")
+        .env(
+            "FLEETWAVE__RELEASES__TRUSTED_KEYS",
+            dir.path().join("trusted.pub"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting fleetwave serve")?;
+    let pid = child.id();
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let mut url = None;
+    let mut token = None;
+    for line in lines.by_ref().take(3) {
+        let line = line?;
+        for word in line.split_whitespace() {
+            if word.starts_with("http://") && url.is_none() {
+                url = Some(word.to_owned());
+            }
+            if word.starts_with("fwt_") {
+                token = Some(word.to_owned());
+            }
+        }
+    }
+    let (url, token) = (
+        url.context("no URL in the banner")?,
+        token.context("no token in the banner")?,
+    );
+    let rss_before = rss_kib(pid)?;
+
+    let peak = Arc::new(AtomicU64::new(rss_before));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(kib) = rss_kib(pid) {
+                    peak.fetch_max(kib, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let started = Instant::now();
+    let stream = tokio_util::io::ReaderStream::with_capacity(
+        tokio::fs::File::open(&image).await?,
+        256 << 10,
+    );
+    let form = reqwest::multipart::Form::new()
+        .part("manifest", reqwest::multipart::Part::text(envelope))
+        .part(
+            "image",
+            reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), size),
+        );
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/releases"))
+        .bearer_auth(&token)
+        .multipart(form)
+        .send()
+        .await?;
+    let status = response.status();
+    let through_service = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let _ = child.kill();
+    let _ = child.wait();
+    if !status.is_success() {
+        bail!(
+            "the upload failed: {status}: {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+
+    let mib_s = |d: Duration| size_mib as f64 / d.as_secs_f64();
+    let peak = peak.load(Ordering::Relaxed);
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "| image | baseline (object_store → S3) | through fleetwave | ratio | service RSS before | peak during | growth |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|---|")?;
+    writeln!(
+        out,
+        "| {size_mib} MiB | {:.2} s ({:.0} MiB/s) | {:.2} s ({:.0} MiB/s) | {:.2}× | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+        baseline.as_secs_f64(),
+        mib_s(baseline),
+        through_service.as_secs_f64(),
+        mib_s(through_service),
+        through_service.as_secs_f64() / baseline.as_secs_f64(),
+        rss_before as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        (peak - rss_before) as f64 / 1024.0,
+    )?;
+    Ok(())
+}
+
+/// The resident set size of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
