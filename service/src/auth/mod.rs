@@ -4,8 +4,8 @@
 
 use fleetwave_artifacts::Sha256;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, Statement, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 
@@ -85,11 +85,23 @@ pub async fn create(
     name: &str,
     role: Role,
 ) -> Result<NewToken, DbErr> {
+    let txn = db.begin().await?;
+    let token = create_in(&txn, actor, name, role).await?;
+    txn.commit().await?;
+    Ok(token)
+}
+
+/// [`create`] inside the caller's transaction.
+async fn create_in(
+    txn: &impl ConnectionTrait,
+    actor: &Actor,
+    name: &str,
+    role: Role,
+) -> Result<NewToken, DbErr> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| DbErr::Custom(format!("no randomness: {e}")))?;
     let secret = format!("fwt_{}", hex::encode(bytes));
     let id = uuid::Uuid::new_v4().to_string();
-    let txn = db.begin().await?;
     api_tokens::Entity::insert(api_tokens::ActiveModel {
         id: Set(id.clone()),
         name: Set(name.to_owned()),
@@ -99,10 +111,10 @@ pub async fn create(
         created_at: Set(crate::db::now()),
         revoked_at: Set(None),
     })
-    .exec_without_returning(&txn)
+    .exec_without_returning(txn)
     .await?;
     audit::append(
-        &txn,
+        txn,
         actor,
         Event {
             action: "token.create",
@@ -111,7 +123,6 @@ pub async fn create(
         },
     )
     .await?;
-    txn.commit().await?;
     Ok(NewToken {
         id,
         name: name.to_owned(),
@@ -141,13 +152,24 @@ pub async fn authenticate(
     }))
 }
 
-/// On a database with no tokens at all, creates the first admin token and returns it.
-/// Safe when replicas start together: the caller holds the start-up lock.
+/// On a database with no tokens at all, creates the first admin token and returns it. When
+/// replicas start together on PostgreSQL, an advisory lock lets exactly one of them do it.
 pub async fn bootstrap_admin(db: &DatabaseConnection) -> Result<Option<NewToken>, DbErr> {
-    if api_tokens::Entity::find().count(db).await? > 0 {
+    let txn = db.begin().await?;
+    if txn.get_database_backend() == DatabaseBackend::Postgres {
+        txn.execute_raw(Statement::from_string(
+            DatabaseBackend::Postgres,
+            format!("SELECT pg_advisory_xact_lock({BOOTSTRAP_LOCK})"),
+        ))
+        .await?;
+    }
+    if api_tokens::Entity::find().count(&txn).await? > 0 {
         return Ok(None);
     }
-    create(db, &Actor::system(), "bootstrap admin", Role::Admin)
-        .await
-        .map(Some)
+    let token = create_in(&txn, &Actor::system(), "bootstrap admin", Role::Admin).await?;
+    txn.commit().await?;
+    Ok(Some(token))
 }
+
+/// Serialises bootstrap across replicas.
+const BOOTSTRAP_LOCK: i64 = 0x6677_626f_6f74_7374;

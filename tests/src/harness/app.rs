@@ -37,6 +37,8 @@ pub struct Options {
     pub threshold: usize,
     /// Download URL lifetime.
     pub url_expiry_secs: u64,
+    /// The S3 endpoint download URLs are signed for (default: the one uploads use).
+    pub s3_public_endpoint: Option<String>,
 }
 
 impl Options {
@@ -48,6 +50,7 @@ impl Options {
             trusted_keys: Vec::new(),
             threshold: 1,
             url_expiry_secs: 3600,
+            s3_public_endpoint: None,
         }
     }
 }
@@ -113,6 +116,7 @@ impl TestApp {
             settings.storage.access_key_id = Some(bucket.server.access_key.clone());
             settings.storage.secret_access_key = Some(bucket.server.secret_key.clone().into());
             settings.storage.allow_http = true;
+            settings.storage.public_endpoint = options.s3_public_endpoint.clone();
         }
         if !options.trusted_keys.is_empty() {
             let path = dir.path().join("trusted.pub");

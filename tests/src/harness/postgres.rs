@@ -22,6 +22,15 @@ pub struct TestDb {
 impl TestDb {
     /// Creates the database and applies every migration.
     pub async fn new() -> Result<Self> {
+        let db = Self::empty().await?;
+        Migrator::up(&db.conn, None)
+            .await
+            .with_context(|| format!("migrating {}", db.name))?;
+        Ok(db)
+    }
+
+    /// Creates the database with no schema at all (for testing migrations themselves).
+    pub async fn empty() -> Result<Self> {
         init();
         let admin_url = env::database_url();
         let name = format!("fw_test_{}", unique_id());
@@ -39,9 +48,6 @@ impl TestDb {
         let conn = Database::connect(&url)
             .await
             .with_context(|| format!("connecting to {name}"))?;
-        Migrator::up(&conn, None)
-            .await
-            .with_context(|| format!("migrating {name}"))?;
         Ok(TestDb {
             conn,
             name,

@@ -7,6 +7,7 @@ mod cli;
 mod devices;
 mod groups;
 mod releases;
+mod replicas;
 mod serve;
 
 /// Runs an async test body once per backend.

@@ -330,3 +330,39 @@ async fn without_trusted_keys_uploads_are_refused() {
         (StatusCode::SERVICE_UNAVAILABLE, Some("no_trusted_keys"))
     );
 }
+
+#[tokio::test]
+async fn presigned_urls_are_signed_for_the_public_endpoint() {
+    let key = SecretKey::generate().unwrap();
+    let bucket = TestBucket::new().await.unwrap();
+    // Devices reach the same server by another name: the URL must be signed for that name.
+    let public = bucket.server.endpoint.replace("127.0.0.1", "localhost");
+    let mut options = Options::new(Backend::Sqlite);
+    options.trusted_keys = vec![key.public()];
+    options.s3 = Some(bucket);
+    options.s3_public_endpoint = Some(public.clone());
+    let app = TestApp::spawn_with(options).await.unwrap();
+    let bytes = image(100_000, 5);
+    let (status, release) = upload(
+        &app,
+        sign(manifest(&bytes, "1.0.0", -60, 3600), &key),
+        bytes.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{release}");
+    let id = release["id"].as_str().unwrap();
+    let (_, link) = app
+        .call(Method::GET, &format!("/v1/releases/{id}/download"), None)
+        .await;
+    let url = link["url"].as_str().unwrap();
+    assert!(url.starts_with(&public), "{url} is signed for {public}");
+    let got = app.http.get(url).send().await.unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert!(got.bytes().await.unwrap() == bytes);
+    // The same URL through the upload endpoint's host name no longer matches its signature.
+    let other_host = url.replace("localhost", "127.0.0.1");
+    assert_eq!(
+        app.http.get(other_host).send().await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+}
