@@ -4,6 +4,7 @@
 //! - [`signing`]: ed25519 release keys, key files, the signed envelope, k-of-n verification.
 //! - [`device`]: the device id, as it appears in topics and certificates.
 //! - [`digest`]: streaming SHA-256 over images, bounded by the signed size.
+//! - [`protocol`]: the MQTT contract: topics, job states, shadow reports, wave buckets.
 //! - [`rules`]: whether a device may install a verified release.
 //! - [`error`]: the one error enum, with a stable code per variant.
 //! - [`file`]: crash-safe file replacement (temp file, fsync, rename, fsync the directory).
@@ -47,6 +48,7 @@ pub mod digest;
 pub mod error;
 pub mod file;
 pub mod manifest;
+pub mod protocol;
 pub mod rules;
 pub mod signing;
 

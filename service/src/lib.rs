@@ -11,6 +11,7 @@ pub mod mqtt;
 pub mod progress;
 pub mod registry;
 pub mod releases;
+pub mod shadow;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

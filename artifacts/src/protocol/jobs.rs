@@ -1,0 +1,142 @@
+//! Job executions as the service and devices both see them: the states, the steps of an
+//! install, and the table of legal transitions.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Where one device stands in one job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ExecutionState {
+    /// Assigned, not started.
+    Queued,
+    /// The device is working on it (see [`Step`]).
+    InProgress,
+    /// Booted the new slot, passed its health check and committed.
+    Succeeded,
+    /// Tried and failed (it rolled back).
+    Failed,
+    /// Refused before changing anything (signature, rules, hardware).
+    Rejected,
+    /// No progress within the rollout's in-progress timeout.
+    TimedOut,
+    /// The rollout was halted or canceled before the device finished.
+    Canceled,
+    /// The device left the target (deleted, or no longer in the group).
+    Removed,
+}
+
+/// The steps of an execution in progress, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    /// Fetching the image into the inactive slot.
+    Downloading,
+    /// Checking signatures, rules, size and digest of the written bytes.
+    Verifying,
+    /// Switching the boot slot.
+    Installing,
+    /// Rebooting into the new slot for a trial boot.
+    Rebooting,
+    /// Checking its own health on the trial boot.
+    HealthCheck,
+}
+
+impl ExecutionState {
+    /// Every state, for tables and tests.
+    pub const ALL: [ExecutionState; 8] = [
+        ExecutionState::Queued,
+        ExecutionState::InProgress,
+        ExecutionState::Succeeded,
+        ExecutionState::Failed,
+        ExecutionState::Rejected,
+        ExecutionState::TimedOut,
+        ExecutionState::Canceled,
+        ExecutionState::Removed,
+    ];
+
+    /// Whether nothing follows this state.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, ExecutionState::Queued | ExecutionState::InProgress)
+    }
+
+    /// The legal transitions:
+    ///
+    /// | from | to |
+    /// |---|---|
+    /// | QUEUED | IN_PROGRESS, REJECTED, CANCELED, REMOVED, TIMED_OUT |
+    /// | IN_PROGRESS | IN_PROGRESS (a later step or more progress), SUCCEEDED, FAILED, REJECTED, TIMED_OUT, CANCELED, REMOVED |
+    /// | any terminal state | nothing |
+    pub fn can_become(self, next: ExecutionState) -> bool {
+        use ExecutionState as S;
+        match self {
+            S::Queued => matches!(
+                next,
+                S::InProgress | S::Rejected | S::Canceled | S::Removed | S::TimedOut
+            ),
+            S::InProgress => next != S::Queued,
+            _ => false,
+        }
+    }
+
+    /// The wire name, e.g. `IN_PROGRESS`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionState::Queued => "QUEUED",
+            ExecutionState::InProgress => "IN_PROGRESS",
+            ExecutionState::Succeeded => "SUCCEEDED",
+            ExecutionState::Failed => "FAILED",
+            ExecutionState::Rejected => "REJECTED",
+            ExecutionState::TimedOut => "TIMED_OUT",
+            ExecutionState::Canceled => "CANCELED",
+            ExecutionState::Removed => "REMOVED",
+        }
+    }
+}
+
+impl fmt::Display for ExecutionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExecutionState as S;
+
+    #[test]
+    fn terminal_states_are_final_and_nothing_returns_to_queued() {
+        for from in S::ALL {
+            assert!(!from.can_become(S::Queued), "{from} → QUEUED");
+            if from.is_terminal() {
+                assert!(
+                    S::ALL.iter().all(|to| !from.can_become(*to)),
+                    "{from} is terminal"
+                );
+            }
+        }
+        assert!(S::Queued.can_become(S::InProgress));
+        assert!(S::InProgress.can_become(S::InProgress));
+        assert!(
+            !S::Queued.can_become(S::Succeeded),
+            "success needs the device to have worked on it"
+        );
+        assert!(!S::Queued.can_become(S::Failed));
+    }
+
+    #[test]
+    fn wire_names() {
+        assert_eq!(
+            serde_json::to_string(&S::TimedOut).unwrap(),
+            "\"TIMED_OUT\""
+        );
+        assert_eq!(
+            serde_json::to_string(&super::Step::HealthCheck).unwrap(),
+            "\"health-check\""
+        );
+        for s in S::ALL {
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+        }
+    }
+}
