@@ -18,6 +18,7 @@ mod m20261127_000002_create_groups;
 mod m20261127_000003_create_releases;
 mod m20261127_000004_create_api_tokens;
 mod m20261127_000005_create_audit_events;
+mod m20261127_000006_create_shadows;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000003_create_releases::Migration),
             Box::new(m20261127_000004_create_api_tokens::Migration),
             Box::new(m20261127_000005_create_audit_events::Migration),
+            Box::new(m20261127_000006_create_shadows::Migration),
         ]
     }
 }

@@ -41,6 +41,8 @@ pub struct MqttSettings {
     pub listen: SocketAddr,
     /// Topic prefix.
     pub prefix: String,
+    /// The service's client id (one per replica).
+    pub client_id: String,
 }
 
 /// `[server]`

@@ -14,6 +14,7 @@ use crate::api::{self, AppState};
 use crate::auth::{self, NewToken};
 use crate::config::Settings;
 use crate::db;
+use crate::mqtt::bridge::Bridge;
 use crate::releases::Trust;
 use crate::storage::Storage;
 
@@ -43,6 +44,9 @@ impl Application {
                 crate::mqtt::broker::start(settings.mqtt.listen)?
             ),
         };
+        let topics = fleetwave_artifacts::protocol::topics::Topics::new(&settings.mqtt.prefix)
+            .context("[mqtt] prefix")?;
+        let mqtt = Bridge::start(&mqtt_url, &settings.mqtt.client_id, topics, db.clone())?;
         let trust = load_trust(&settings)?;
         let local_addr = listener.local_addr()?;
         let base_url = settings
@@ -56,6 +60,7 @@ impl Application {
             settings: Arc::new(settings),
             storage,
             trust: trust.map(Arc::new),
+            mqtt,
         };
         Ok(Application {
             listener,
@@ -100,6 +105,11 @@ impl Application {
     /// The object store.
     pub fn storage(&self) -> &Storage {
         &self.state.storage
+    }
+
+    /// The MQTT bridge.
+    pub fn mqtt(&self) -> &Bridge {
+        &self.state.mqtt
     }
 
     /// The database pool.

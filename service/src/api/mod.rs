@@ -16,6 +16,7 @@ use sea_orm::DatabaseConnection;
 use utoipa::OpenApi;
 
 use crate::config::Settings;
+use crate::mqtt::bridge::Bridge;
 use crate::releases::Trust;
 use crate::storage::Storage;
 
@@ -30,6 +31,8 @@ pub struct AppState {
     pub storage: Storage,
     /// The release keys uploads must be signed by (none: uploads are refused).
     pub trust: Option<Arc<Trust>>,
+    /// Publishing to devices.
+    pub mqtt: Bridge,
 }
 
 /// The OpenAPI document of `/v1`.
@@ -39,6 +42,7 @@ pub struct AppState {
     paths(
         health::health, health::ready,
         v1::devices::create, v1::devices::list, v1::devices::show, v1::devices::update, v1::devices::delete,
+        v1::devices::shadow, v1::devices::set_desired,
         v1::groups::create, v1::groups::list, v1::groups::show, v1::groups::delete, v1::groups::devices,
         v1::groups::add_members, v1::groups::remove_member,
         v1::releases::upload, v1::releases::list, v1::releases::show, v1::releases::download,
@@ -75,6 +79,10 @@ pub fn router(state: AppState) -> Router {
             get(v1::devices::show)
                 .patch(v1::devices::update)
                 .delete(v1::devices::delete),
+        )
+        .route(
+            "/v1/devices/{id}/shadow",
+            get(v1::devices::shadow).patch(v1::devices::set_desired),
         )
         .route("/v1/groups", get(v1::groups::list).post(v1::groups::create))
         .route(

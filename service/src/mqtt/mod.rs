@@ -1,4 +1,5 @@
-//! Device messaging over MQTT. Today: the embedded broker the service runs when no external
-//! broker is configured. The protocol (shadows, jobs, wave notices) joins this module.
+//! Device messaging over MQTT: the bridge that answers device requests and publishes to
+//! devices, and the embedded broker the service runs when no external broker is configured.
 
+pub mod bridge;
 pub mod broker;

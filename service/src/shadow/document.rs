@@ -23,7 +23,7 @@ pub const MAX_CLIENT_TOKEN: usize = 64;
 type Object = Map<String, Value>;
 
 /// A stored shadow.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Shadow {
     /// Desired state (absent: no desired section).
     pub desired: Option<Object>,

@@ -17,9 +17,9 @@ use anyhow::{Context, Result, bail};
 use fleetwave_artifacts::{
     HardwareId, MANIFEST_FORMAT, Manifest, Product, SecretKey, SignedManifest, Timestamp,
 };
+use fleetwave_tests::harness::bin;
 use fleetwave_tests::harness::postgres::TestDb;
 use fleetwave_tests::harness::s3::TestBucket;
-use fleetwave_tests::harness::{bin, env};
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
@@ -86,13 +86,21 @@ async fn main() -> Result<()> {
     // The service, as a process of its own.
     let db = TestDb::new().await?;
     let bucket = TestBucket::new().await?;
-    let (host, port) = env::mqtt_broker();
+    let mqtt = fleetwave_tests::harness::mqtt::TestMqtt::new();
     let mut child = bin::command("fleetwave")
         .arg("serve")
         .current_dir(dir.path())
         .env("FLEETWAVE__SERVER__LISTEN", "127.0.0.1:0")
         .env("FLEETWAVE__DATABASE__URL", &db.url)
-        .env("FLEETWAVE__MQTT__URL", format!("mqtt://{host}:{port}"))
+        .env(
+            "FLEETWAVE__MQTT__URL",
+            format!("mqtt://{}:{}", mqtt.host, mqtt.port),
+        )
+        .env("FLEETWAVE__MQTT__PREFIX", &mqtt.prefix)
+        .env(
+            "FLEETWAVE__MQTT__CLIENT_ID",
+            mqtt.client_id("bench-service"),
+        )
         .env("FLEETWAVE__STORAGE__KIND", "s3")
         .env("FLEETWAVE__STORAGE__ENDPOINT", &bucket.server.endpoint)
         .env("FLEETWAVE__STORAGE__BUCKET", &bucket.name)

@@ -12,6 +12,7 @@ use sea_orm::DatabaseConnection;
 use serde_json::Value;
 
 use super::init;
+use super::mqtt::TestMqtt;
 use super::postgres::TestDb;
 use super::s3::TestBucket;
 
@@ -69,6 +70,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     /// The service's object store.
     pub storage: Storage,
+    /// The test's MQTT namespace, which the service uses.
+    pub mqtt: TestMqtt,
     s3_endpoint: Option<String>,
     _pg: Option<TestDb>,
     _dir: tempfile::TempDir,
@@ -105,9 +108,11 @@ impl TestApp {
         settings.database.url = Some(database_url.clone().into());
         settings.server.listen = "127.0.0.1:0".parse()?;
         settings.storage.url_expiry_secs = options.url_expiry_secs;
-        // The real broker of this run, not an embedded one per test.
-        let (host, port) = super::env::mqtt_broker();
-        settings.mqtt.url = Some(format!("mqtt://{host}:{port}").into());
+        // The real broker of this run, in a namespace of this test's own.
+        let mqtt = TestMqtt::new();
+        settings.mqtt.url = Some(format!("mqtt://{}:{}", mqtt.host, mqtt.port).into());
+        settings.mqtt.prefix = mqtt.prefix.clone();
+        settings.mqtt.client_id = mqtt.client_id("service");
         if let Some(bucket) = &options.s3 {
             settings.storage.kind = StorageKind::S3;
             settings.storage.endpoint = Some(bucket.server.endpoint.clone());
@@ -138,6 +143,12 @@ impl TestApp {
             .secret
             .clone();
         let base_url = app.base_url();
+        anyhow::ensure!(
+            app.mqtt()
+                .wait_subscribed(std::time::Duration::from_secs(15))
+                .await,
+            "the service did not subscribe to device requests on the broker within 15 s"
+        );
         let db = app.db().clone();
         let storage = app.storage().clone();
         let server = tokio::spawn(async move {
@@ -150,6 +161,7 @@ impl TestApp {
             database_url,
             http: reqwest::Client::new(),
             storage,
+            mqtt,
             s3_endpoint: options.s3.as_ref().map(|b| b.server.endpoint.clone()),
             _pg: pg,
             _dir: dir,

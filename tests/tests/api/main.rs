@@ -9,6 +9,7 @@ mod groups;
 mod releases;
 mod replicas;
 mod serve;
+mod shadows;
 
 /// Runs an async test body once per backend.
 #[macro_export]

@@ -10,14 +10,16 @@ use sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait, Statement};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_start_together_on_an_empty_database() {
     let db = TestDb::empty().await.unwrap();
+    let mqtt = fleetwave_tests::harness::mqtt::TestMqtt::new();
     let settings = |n: u32| {
         let dir = std::env::temp_dir().join(format!("fw-replica-{}-{n}", db.name));
         let mut s = Settings::load(None).unwrap();
         s.data_dir = dir;
         s.database.url = Some(db.url.clone().into());
         s.server.listen = "127.0.0.1:0".parse().unwrap();
-        let (host, port) = fleetwave_tests::harness::env::mqtt_broker();
-        s.mqtt.url = Some(format!("mqtt://{host}:{port}").into());
+        s.mqtt.url = Some(format!("mqtt://{}:{}", mqtt.host, mqtt.port).into());
+        s.mqtt.prefix = mqtt.prefix.clone();
+        s.mqtt.client_id = mqtt.client_id(&format!("replica-{n}"));
         s
     };
     let (a, b) = tokio::join!(

@@ -73,3 +73,86 @@ pub async fn delete(
     devices::delete(&state.db, &caller.actor(None), &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Desired state to set on a device's shadow (fields merge; `null` deletes one).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredUpdate {
+    /// The desired fields.
+    #[schema(value_type = Object)]
+    pub desired: serde_json::Value,
+    /// Apply only if the shadow is at this version (else 409).
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+fn shadow_error(r: crate::shadow::document::Rejection) -> ApiError {
+    let (status, code) = match r.code {
+        404 => (StatusCode::NOT_FOUND, "not_found"),
+        409 => (StatusCode::CONFLICT, "version_conflict"),
+        413 => (StatusCode::PAYLOAD_TOO_LARGE, "shadow_too_large"),
+        _ => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_shadow_update"),
+    };
+    ApiError::new(status, code, r.message)
+}
+
+fn device_id(id: &str) -> Result<fleetwave_artifacts::DeviceId, ApiError> {
+    fleetwave_artifacts::DeviceId::parse(id)
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()))
+}
+
+/// Read a device's shadow: desired, reported, delta, metadata and version.
+#[utoipa::path(get, path = "/v1/devices/{id}/shadow", tag = "devices", params(("id" = String, Path)),
+    security(("bearer" = [])), responses((status = 200, description = "the shadow document"), (status = 404, body = ErrorBody)))]
+pub async fn shadow(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let thing = device_id(&id)?;
+    let shadow = crate::shadow::load(&state.db, &thing)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no shadow exists for {id}"),
+            )
+        })?;
+    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+    Ok(Json(shadow.get_document(now, None)))
+}
+
+/// Set desired state on a device's shadow; the device hears the delta over MQTT.
+#[utoipa::path(patch, path = "/v1/devices/{id}/shadow", tag = "devices", params(("id" = String, Path)),
+    request_body = DesiredUpdate, security(("bearer" = [])),
+    responses((status = 200, description = "the update/accepted document"), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn set_desired(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: AuditedJson<DesiredUpdate>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let thing = device_id(&id)?;
+    let mut request = serde_json::json!({"state": {"desired": body.value.desired}});
+    if let Some(v) = body.value.version {
+        request["version"] = v.into();
+    }
+    let actor = caller.actor(Some(body.digest));
+    let updated = crate::shadow::apply(&state.db, &thing, &request, Some(&actor))
+        .await?
+        .map_err(shadow_error)?;
+    let accepted = updated.accepted.clone();
+    let mut out = vec![crate::shadow::Outgoing {
+        channel: crate::shadow::Channel::Documents,
+        payload: updated.documents,
+    }];
+    if let Some(delta) = updated.delta {
+        out.push(crate::shadow::Outgoing {
+            channel: crate::shadow::Channel::Delta,
+            payload: delta,
+        });
+    }
+    state.mqtt.publish_shadow(&thing, out).await;
+    Ok(Json(accepted))
+}

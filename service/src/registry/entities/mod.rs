@@ -7,3 +7,4 @@ pub mod devices;
 pub mod group_members;
 pub mod groups;
 pub mod releases;
+pub mod shadows;

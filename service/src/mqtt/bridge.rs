@@ -1,0 +1,183 @@
+//! The service's MQTT client: subscribes (as a shared subscription, so replicas split the
+//! work) to every device request, handles each in order, publishes the answers, and
+//! acknowledges a message only once it is durably handled. While the database is down the
+//! message is retried with backoff, unacknowledged, so nothing is lost.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fleetwave_artifacts::DeviceId;
+use fleetwave_artifacts::protocol::topics::{Reply, Request, Topics};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use sea_orm::DatabaseConnection;
+use tokio::sync::{mpsc, watch};
+
+use crate::shadow::{self, Channel, Outgoing};
+
+/// The shared-subscription group all replicas join.
+const SHARE_GROUP: &str = "fleetwave-service";
+/// Messages buffered between the network loop and the handler.
+const QUEUE: usize = 1024;
+
+/// A cheap, cloneable handle for publishing to devices.
+#[derive(Clone)]
+pub struct Bridge {
+    client: AsyncClient,
+    topics: Topics,
+    subscribed: watch::Receiver<bool>,
+}
+
+impl Bridge {
+    /// Connects to `url` (`mqtt://host:port`) as `client_id` with a persistent session and
+    /// starts handling device requests under `topics`.
+    pub fn start(
+        url: &str,
+        client_id: &str,
+        topics: Topics,
+        db: DatabaseConnection,
+    ) -> Result<Self> {
+        let parsed = url::Url::parse(url).with_context(|| format!("[mqtt] url {url:?}"))?;
+        if parsed.scheme() != "mqtt" {
+            anyhow::bail!(
+                "[mqtt] url: only mqtt:// is supported yet (TLS arrives with device identity)"
+            );
+        }
+        let host = parsed
+            .host_str()
+            .context("[mqtt] url has no host")?
+            .to_owned();
+        let mut options = MqttOptions::new(client_id, host, parsed.port().unwrap_or(1883));
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(false)
+            .set_manual_acks(true)
+            .set_max_packet_size(256 * 1024, 256 * 1024);
+        if !parsed.username().is_empty() {
+            options.set_credentials(parsed.username(), parsed.password().unwrap_or(""));
+        }
+        let (client, mut events) = AsyncClient::new(options, 256);
+        let (tx, rx) = mpsc::channel::<Publish>(QUEUE);
+        let filters = topics.service_filters();
+        let subscriber = client.clone();
+        let (ready, subscribed) = watch::channel(false);
+        tokio::spawn(async move {
+            let mut acks = 0;
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        acks += 1;
+                        if acks == filters.len() {
+                            let _ = ready.send(true);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        acks = 0;
+                        for filter in &filters {
+                            let shared = format!("$share/{SHARE_GROUP}/{filter}");
+                            if let Err(e) = subscriber.subscribe(shared, QoS::AtLeastOnce).await {
+                                tracing::error!(error.message = %e, "subscribing to device requests");
+                            }
+                        }
+                        tracing::info!("connected to the MQTT broker");
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if tx.send(p).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error.message = %e, "MQTT connection lost; reconnecting");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        let bridge = Bridge {
+            client,
+            topics,
+            subscribed,
+        };
+        tokio::spawn(bridge.clone().handle_all(db, rx));
+        Ok(bridge)
+    }
+
+    /// Waits until the service has subscribed to device requests (it keeps trying to
+    /// connect in the background whatever this returns).
+    pub async fn wait_subscribed(&self, timeout: Duration) -> bool {
+        let mut rx = self.subscribed.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s))
+            .await
+            .is_ok()
+    }
+
+    /// The topic names in use.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    async fn handle_all(self, db: DatabaseConnection, mut rx: mpsc::Receiver<Publish>) {
+        while let Some(publish) = rx.recv().await {
+            self.handle(&db, &publish).await;
+            if let Err(e) = self.client.ack(&publish).await {
+                tracing::warn!(error.message = %e, "acknowledging a device message");
+            }
+        }
+    }
+
+    /// Handles one message until it is durably done: database failures are retried with
+    /// backoff (the message stays unacknowledged meanwhile).
+    async fn handle(&self, db: &DatabaseConnection, publish: &Publish) {
+        let Some((thing, request)) = self.topics.parse_request(&publish.topic) else {
+            tracing::warn!(mqtt.topic = %publish.topic, "ignoring a message on an unknown topic");
+            return;
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let outcome = match &request {
+                Request::Shadow(op) => shadow::handle(db, &thing, *op, &publish.payload).await,
+                Request::StartNext | Request::JobGet(_) => Ok(Vec::new()),
+            };
+            match outcome {
+                Ok(out) if matches!(request, Request::Shadow(_)) => {
+                    self.publish_shadow(&thing, out).await;
+                    return;
+                }
+                Ok(_) => {
+                    // Job requests are answered once rollouts queue executions.
+                    let doc = serde_json::json!({"code": 404, "message": "no pending job for this device"});
+                    self.publish(self.topics.reply(&thing, &request, Reply::Rejected), &doc)
+                        .await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error.message = %e, device.id = %thing, "handling a device message; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Publishes shadow answers for `thing`.
+    pub async fn publish_shadow(&self, thing: &DeviceId, out: Vec<Outgoing>) {
+        for message in out {
+            let topic = match message.channel {
+                Channel::Reply(op, reply) => self.topics.shadow_reply(thing, op, reply),
+                Channel::Delta => self.topics.shadow_delta(thing),
+                Channel::Documents => self.topics.shadow_documents(thing),
+            };
+            self.publish(topic, &message.payload).await;
+        }
+    }
+
+    async fn publish(&self, topic: String, payload: &serde_json::Value) {
+        if let Err(e) = self
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, payload.to_string())
+            .await
+        {
+            tracing::warn!(error.message = %e, "publishing to a device");
+        }
+    }
+}

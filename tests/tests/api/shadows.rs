@@ -1,0 +1,299 @@
+//! Device shadows over the real Mosquitto and PostgreSQL, driven by a plain MQTT client
+//! (rumqttc, not the agent) as a device would, and through the HTTP API.
+
+use std::time::Duration;
+
+use fleetwave_tests::harness::app::{Backend, TestApp};
+use reqwest::{Method, StatusCode};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
+use serde_json::{Value, json};
+use tokio::time::timeout;
+
+/// A device: a plain MQTT client subscribed to its own shadow topics.
+struct Device {
+    client: AsyncClient,
+    events: EventLoop,
+    base: String,
+}
+
+impl Device {
+    async fn connect(app: &TestApp, id: &str) -> Device {
+        let (client, mut events) = app.mqtt.client(id);
+        let base = format!("{}/things/{id}/shadow", app.mqtt.prefix);
+        client
+            .subscribe(format!("{base}/#"), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        timeout(Duration::from_secs(10), async {
+            loop {
+                if let Event::Incoming(Packet::SubAck(_)) = events.poll().await.unwrap() {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("subscribed");
+        Device {
+            client,
+            events,
+            base,
+        }
+    }
+
+    /// The next message on one of this device's shadow topics: (topic after `shadow/`, JSON).
+    async fn next(&mut self) -> (String, Value) {
+        timeout(Duration::from_secs(10), async {
+            loop {
+                if let Event::Incoming(Packet::Publish(p)) = self.events.poll().await.unwrap() {
+                    let rest = p
+                        .topic
+                        .strip_prefix(&format!("{}/", self.base))
+                        .unwrap()
+                        .to_owned();
+                    if matches!(rest.as_str(), "update" | "get" | "delete") {
+                        continue; // our own request, echoed by the wildcard subscription
+                    }
+                    return (rest, serde_json::from_slice(&p.payload).unwrap());
+                }
+            }
+        })
+        .await
+        .expect("an answer within 10 s")
+    }
+
+    /// Sends `payload` to `shadow/{op}` and returns the accepted or rejected answer, keeping
+    /// any delta and documents messages that arrive in between.
+    async fn request(&mut self, op: &str, payload: Value) -> (String, Value, Vec<(String, Value)>) {
+        self.client
+            .publish(
+                format!("{}/{op}", self.base),
+                QoS::AtLeastOnce,
+                false,
+                payload.to_string(),
+            )
+            .await
+            .unwrap();
+        let mut others = Vec::new();
+        loop {
+            let (topic, doc) = self.next().await;
+            if topic == format!("{op}/accepted") || topic == format!("{op}/rejected") {
+                // The documents/delta of an update follow its answer: collect them briefly.
+                if topic == "update/accepted" {
+                    while let Ok(extra) = timeout(Duration::from_millis(300), self.next()).await {
+                        others.push(extra);
+                    }
+                }
+                return (topic, doc, others);
+            }
+            others.push((topic, doc));
+        }
+    }
+}
+
+async fn app_with_device(id: &str) -> (TestApp, Device) {
+    let app = TestApp::spawn(Backend::Postgres).await.unwrap();
+    let (status, _) = app
+        .call(
+            Method::POST,
+            "/v1/devices",
+            Some(json!({"id": id, "hardware": "rpi4"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let device = Device::connect(&app, id).await;
+    (app, device)
+}
+
+#[tokio::test]
+async fn shadow_semantics_over_mqtt() {
+    let (app, mut d) = app_with_device("pi-1").await;
+
+    // Delta against a missing reported section.
+    let (topic, doc, others) = d
+        .request(
+            "update",
+            json!({"state": {"desired": {"led": "on", "cfg": {"rate": 5}}}, "clientToken": "t1"}),
+        )
+        .await;
+    assert_eq!(topic, "update/accepted", "{doc}");
+    assert_eq!(doc["version"], 1);
+    assert_eq!(doc["clientToken"], "t1");
+    let delta = others
+        .iter()
+        .find(|(t, _)| t == "update/delta")
+        .expect("a delta")
+        .1
+        .clone();
+    assert_eq!(delta["state"], json!({"led": "on", "cfg": {"rate": 5}}));
+    assert!(others.iter().any(|(t, _)| t == "update/documents"));
+
+    // Nested objects merge; the delta shrinks as reported catches up.
+    let (topic, _, _) = d
+        .request(
+            "update",
+            json!({"state": {"reported": {"led": "on", "cfg": {"rate": 5, "mode": "x"}}}}),
+        )
+        .await;
+    assert_eq!(topic, "update/accepted");
+    let (topic, got, _) = d.request("get", json!({"clientToken": "g"})).await;
+    assert_eq!(topic, "get/accepted");
+    assert_eq!(
+        got["state"]["reported"],
+        json!({"led": "on", "cfg": {"rate": 5, "mode": "x"}})
+    );
+    assert!(got["state"].get("delta").is_none(), "{got}");
+    assert_eq!(got["version"], 2);
+    assert_eq!(got["clientToken"], "g");
+    assert!(got["metadata"]["reported"]["cfg"]["mode"]["timestamp"].is_u64());
+
+    // null deletes a field; arrays replace whole; null inside an array is refused.
+    d.request(
+        "update",
+        json!({"state": {"reported": {"cfg": {"mode": null}, "peers": ["a", "b"]}}}),
+    )
+    .await;
+    d.request("update", json!({"state": {"reported": {"peers": ["c"]}}}))
+        .await;
+    let (topic, err, _) = d
+        .request(
+            "update",
+            json!({"state": {"reported": {"peers": ["c", null]}}, "clientToken": "bad"}),
+        )
+        .await;
+    assert_eq!(
+        (topic.as_str(), err["code"].as_u64()),
+        ("update/rejected", Some(400)),
+        "{err}"
+    );
+    assert_eq!(err["clientToken"], "bad");
+    let (_, got, _) = d.request("get", json!({})).await;
+    assert_eq!(
+        got["state"]["reported"],
+        json!({"led": "on", "cfg": {"rate": 5}, "peers": ["c"]})
+    );
+    assert_eq!(got["version"], 4);
+
+    // A stale version is refused with 409; the current one is accepted and incremented.
+    let (topic, err, _) = d
+        .request(
+            "update",
+            json!({"state": {"reported": {"led": "off"}}, "version": 3}),
+        )
+        .await;
+    assert_eq!(
+        (topic.as_str(), err["code"].as_u64()),
+        ("update/rejected", Some(409)),
+        "{err}"
+    );
+    let (topic, ok, _) = d
+        .request(
+            "update",
+            json!({"state": {"reported": {"led": "off"}}, "version": 4}),
+        )
+        .await;
+    assert_eq!(topic, "update/accepted");
+    assert_eq!(ok["version"], 5);
+
+    // A clientToken over 64 bytes, and not JSON at all.
+    let (topic, err, _) = d
+        .request(
+            "update",
+            json!({"state": {"reported": {}}, "clientToken": "x".repeat(65)}),
+        )
+        .await;
+    assert_eq!(
+        (topic.as_str(), err["code"].as_u64()),
+        ("update/rejected", Some(400))
+    );
+    d.client
+        .publish(
+            format!("{}/update", d.base),
+            QoS::AtLeastOnce,
+            false,
+            "{not json",
+        )
+        .await
+        .unwrap();
+    let (topic, err) = d.next().await;
+    assert_eq!(
+        (topic.as_str(), err["code"].as_u64()),
+        ("update/rejected", Some(400)),
+        "{err}"
+    );
+
+    // reported.firmware keeps the registry's version in step.
+    d.request(
+        "update",
+        json!({"state": {"reported": {"firmware": {"version": "1.9.0", "slot": "a"}}}}),
+    )
+    .await;
+    let (_, device) = app.call(Method::GET, "/v1/devices/pi-1", None).await;
+    assert_eq!(device["firmware_version"], "1.9.0");
+
+    // Delete, then get: 404.
+    let (topic, doc, _) = d.request("delete", json!({})).await;
+    assert_eq!(topic, "delete/accepted", "{doc}");
+    let (topic, err, _) = d.request("get", json!({})).await;
+    assert_eq!(
+        (topic.as_str(), err["code"].as_u64()),
+        ("get/rejected", Some(404))
+    );
+}
+
+#[tokio::test]
+async fn desired_state_set_over_http_reaches_the_device_as_a_delta() {
+    let (app, mut d) = app_with_device("pi-2").await;
+    d.request(
+        "update",
+        json!({"state": {"reported": {"firmware": {"version": "1.0.0", "slot": "a"}}}}),
+    )
+    .await;
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            "/v1/devices/pi-2/shadow",
+            Some(json!({"desired": {"mode": "eco"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    loop {
+        let (topic, doc) = d.next().await;
+        if topic == "update/delta" {
+            assert_eq!(doc["state"], json!({"mode": "eco"}));
+            break;
+        }
+    }
+    let (status, shadow) = app.call(Method::GET, "/v1/devices/pi-2/shadow", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shadow["state"]["delta"], json!({"mode": "eco"}));
+    assert_eq!(shadow["state"]["reported"]["firmware"]["version"], "1.0.0");
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            "/v1/devices/pi-2/shadow",
+            Some(json!({"desired": {"mode": "x"}, "version": 1})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("version_conflict"))
+    );
+    let (status, _) = app
+        .call(Method::GET, "/v1/devices/nobody/shadow", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_unregistered_device_gets_404() {
+    let app = TestApp::spawn(Backend::Postgres).await.unwrap();
+    let mut d = Device::connect(&app, "ghost").await;
+    let (topic, err, _) = d
+        .request("update", json!({"state": {"reported": {"a": 1}}}))
+        .await;
+    assert_eq!(
+        (topic.as_str(), err["code"].as_u64()),
+        ("update/rejected", Some(404)),
+        "{err}"
+    );
+}
