@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod jobs;
 pub mod mqtt;
 pub mod progress;
 pub mod registry;

@@ -46,7 +46,6 @@ impl Application {
         };
         let topics = fleetwave_artifacts::protocol::topics::Topics::new(&settings.mqtt.prefix)
             .context("[mqtt] prefix")?;
-        let mqtt = Bridge::start(&mqtt_url, &settings.mqtt.client_id, topics, db.clone())?;
         let trust = load_trust(&settings)?;
         let local_addr = listener.local_addr()?;
         let base_url = settings
@@ -55,6 +54,13 @@ impl Application {
             .clone()
             .unwrap_or_else(|| format!("http://{local_addr}"));
         let storage = Storage::from_settings(&settings, &base_url)?;
+        let mqtt = Bridge::start(
+            &mqtt_url,
+            &settings.mqtt.client_id,
+            topics,
+            db.clone(),
+            storage.clone(),
+        )?;
         let state = AppState {
             db,
             settings: Arc::new(settings),

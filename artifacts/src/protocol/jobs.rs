@@ -5,6 +5,30 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::signing::SignedManifest;
+
+/// What a device receives to run a job (on `notify-next`, and in answers to `start-next`
+/// and `jobs/{job}/get`). Serialise it straight to bytes: the signed manifest is carried
+/// verbatim, and a JSON value type would reorder its keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobDocument {
+    /// The job id; the device names it in `reported.ota.job`.
+    pub job: String,
+    /// The release id.
+    pub release: String,
+    /// Rises when the same job is retried on the same device.
+    pub execution_number: u64,
+    /// The execution's state when this was sent.
+    pub state: ExecutionState,
+    /// The signed manifest of the release, which the device verifies itself.
+    pub manifest: SignedManifest,
+    /// Where to download the image; it expires.
+    pub url: String,
+    /// Unix time the URL expires at; ask again (`jobs/{job}/get`) for a fresh one.
+    pub url_expires_at: u64,
+}
+
 /// Where one device stands in one job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -44,6 +68,11 @@ pub enum Step {
 }
 
 impl ExecutionState {
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+
     /// Every state, for tables and tests.
     pub const ALL: [ExecutionState; 8] = [
         ExecutionState::Queued,
@@ -98,6 +127,32 @@ impl ExecutionState {
 impl fmt::Display for ExecutionState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl Step {
+    /// The wire name, e.g. `health-check`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Downloading => "downloading",
+            Step::Verifying => "verifying",
+            Step::Installing => "installing",
+            Step::Rebooting => "rebooting",
+            Step::HealthCheck => "health-check",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Step::Downloading,
+            Step::Verifying,
+            Step::Installing,
+            Step::Rebooting,
+            Step::HealthCheck,
+        ]
+        .into_iter()
+        .find(|step| step.as_str() == s)
     }
 }
 

@@ -45,6 +45,7 @@ pub struct AppState {
         v1::devices::shadow, v1::devices::set_desired,
         v1::groups::create, v1::groups::list, v1::groups::show, v1::groups::delete, v1::groups::devices,
         v1::groups::add_members, v1::groups::remove_member,
+        v1::jobs::create, v1::jobs::execution,
         v1::releases::upload, v1::releases::list, v1::releases::show, v1::releases::download,
         v1::releases::object,
         v1::tokens::create,
@@ -83,6 +84,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/devices/{id}/shadow",
             get(v1::devices::shadow).patch(v1::devices::set_desired),
+        )
+        .route("/v1/jobs", axum::routing::post(v1::jobs::create))
+        .route(
+            "/v1/jobs/{id}/executions/{device}",
+            get(v1::jobs::execution),
         )
         .route("/v1/groups", get(v1::groups::list).post(v1::groups::create))
         .route(

@@ -12,7 +12,9 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use sea_orm::DatabaseConnection;
 use tokio::sync::{mpsc, watch};
 
+use crate::jobs;
 use crate::shadow::{self, Channel, Outgoing};
+use crate::storage::Storage;
 
 /// The shared-subscription group all replicas join.
 const SHARE_GROUP: &str = "fleetwave-service";
@@ -35,6 +37,7 @@ impl Bridge {
         client_id: &str,
         topics: Topics,
         db: DatabaseConnection,
+        storage: Storage,
     ) -> Result<Self> {
         let parsed = url::Url::parse(url).with_context(|| format!("[mqtt] url {url:?}"))?;
         if parsed.scheme() != "mqtt" {
@@ -98,7 +101,7 @@ impl Bridge {
             topics,
             subscribed,
         };
-        tokio::spawn(bridge.clone().handle_all(db, rx));
+        tokio::spawn(bridge.clone().handle_all(db, storage, rx));
         Ok(bridge)
     }
 
@@ -116,9 +119,14 @@ impl Bridge {
         &self.topics
     }
 
-    async fn handle_all(self, db: DatabaseConnection, mut rx: mpsc::Receiver<Publish>) {
+    async fn handle_all(
+        self,
+        db: DatabaseConnection,
+        storage: Storage,
+        mut rx: mpsc::Receiver<Publish>,
+    ) {
         while let Some(publish) = rx.recv().await {
-            self.handle(&db, &publish).await;
+            self.handle(&db, &storage, &publish).await;
             if let Err(e) = self.client.ack(&publish).await {
                 tracing::warn!(error.message = %e, "acknowledging a device message");
             }
@@ -127,7 +135,7 @@ impl Bridge {
 
     /// Handles one message until it is durably done: database failures are retried with
     /// backoff (the message stays unacknowledged meanwhile).
-    async fn handle(&self, db: &DatabaseConnection, publish: &Publish) {
+    async fn handle(&self, db: &DatabaseConnection, storage: &Storage, publish: &Publish) {
         let Some((thing, request)) = self.topics.parse_request(&publish.topic) else {
             tracing::warn!(mqtt.topic = %publish.topic, "ignoring a message on an unknown topic");
             return;
@@ -135,28 +143,44 @@ impl Bridge {
         let mut backoff = Duration::from_millis(100);
         loop {
             let outcome = match &request {
-                Request::Shadow(op) => shadow::handle(db, &thing, *op, &publish.payload).await,
-                Request::StartNext | Request::JobGet(_) => Ok(Vec::new()),
+                Request::Shadow(op) => shadow::handle(db, &thing, *op, &publish.payload)
+                    .await
+                    .map(Answer::Shadow)
+                    .map_err(anyhow::Error::from),
+                Request::StartNext => jobs::next_document(db, storage, &thing)
+                    .await
+                    .map(Answer::Job)
+                    .map_err(anyhow::Error::from),
+                Request::JobGet(job) => jobs::document(db, storage, job, &thing)
+                    .await
+                    .map(Answer::Job)
+                    .map_err(anyhow::Error::from),
             };
             match outcome {
-                Ok(out) if matches!(request, Request::Shadow(_)) => {
-                    self.publish_shadow(&thing, out).await;
-                    return;
+                Ok(Answer::Shadow(out)) => return self.publish_shadow(&thing, out).await,
+                Ok(Answer::Job(Some(doc))) => {
+                    let topic = self.topics.reply(&thing, &request, Reply::Accepted);
+                    return self.publish_bytes(topic, doc).await;
                 }
-                Ok(_) => {
-                    // Job requests are answered once rollouts queue executions.
-                    let doc = serde_json::json!({"code": 404, "message": "no pending job for this device"});
-                    self.publish(self.topics.reply(&thing, &request, Reply::Rejected), &doc)
-                        .await;
-                    return;
+                Ok(Answer::Job(None)) => {
+                    let doc =
+                        serde_json::json!({"code": 404, "message": "no such job for this device"});
+                    let topic = self.topics.reply(&thing, &request, Reply::Rejected);
+                    return self.publish(topic, &doc).await;
                 }
                 Err(e) => {
-                    tracing::warn!(error.message = %e, device.id = %thing, "handling a device message; retrying");
+                    tracing::warn!(error.cause_chain = ?e, device.id = %thing, "handling a device message; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
+    }
+
+    /// Sends a job document to one device on `jobs/notify-next`.
+    pub async fn notify_next(&self, thing: &DeviceId, document: Vec<u8>) {
+        self.publish_bytes(self.topics.notify_next(thing), document)
+            .await;
     }
 
     /// Publishes shadow answers for `thing`.
@@ -172,12 +196,23 @@ impl Bridge {
     }
 
     async fn publish(&self, topic: String, payload: &serde_json::Value) {
+        self.publish_bytes(topic, payload.to_string().into_bytes())
+            .await;
+    }
+
+    async fn publish_bytes(&self, topic: String, payload: Vec<u8>) {
         if let Err(e) = self
             .client
-            .publish(topic, QoS::AtLeastOnce, false, payload.to_string())
+            .publish(topic, QoS::AtLeastOnce, false, payload)
             .await
         {
             tracing::warn!(error.message = %e, "publishing to a device");
         }
     }
+}
+
+/// What handling a device request produced.
+enum Answer {
+    Shadow(Vec<Outgoing>),
+    Job(Option<Vec<u8>>),
 }

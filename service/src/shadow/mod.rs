@@ -6,7 +6,7 @@ pub mod document;
 
 use chrono::Utc;
 use fleetwave_artifacts::DeviceId;
-use fleetwave_artifacts::protocol::report::FirmwareReport;
+use fleetwave_artifacts::protocol::report::{FirmwareReport, OtaReport};
 use fleetwave_artifacts::protocol::topics::{Reply, ShadowOp};
 use sea_orm::{
     ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QuerySelect,
@@ -15,6 +15,7 @@ use sea_orm::{
 use serde_json::Value;
 
 use crate::audit::{self, Actor};
+use crate::jobs;
 use crate::registry::entities::{devices, shadows};
 use document::{Rejection, Shadow};
 
@@ -224,6 +225,23 @@ pub async fn apply(
                 crate::registry::Error::Db(db) => db,
                 other => DbErr::Custom(other.to_string()),
             });
+        }
+    }
+    if let Some(ota) = request
+        .pointer("/state/reported/ota")
+        .filter(|v| !v.is_null())
+    {
+        match serde_json::from_value::<OtaReport>(ota.clone()) {
+            Ok(report) => {
+                if let Err(refused) =
+                    jobs::transition(&txn, &report.job, thing, &jobs::Change::from(&report)).await?
+                {
+                    tracing::info!(device.id = %thing, job.id = %report.job, reason = %refused, "execution report not applied");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(device.id = %thing, error.message = %e, "malformed reported.ota")
+            }
         }
     }
     if let Some(actor) = actor {

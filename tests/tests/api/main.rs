@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod devices;
 mod groups;
+mod jobs;
 mod releases;
 mod replicas;
 mod serve;

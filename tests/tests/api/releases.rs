@@ -14,14 +14,14 @@ use reqwest::{Method, StatusCode};
 use sea_orm::{EntityTrait, PaginatorTrait};
 use serde_json::Value;
 
-fn image(len: usize, seed: u32) -> Vec<u8> {
+pub(crate) fn image(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) ^ seed) as u8)
         .collect()
 }
 
 /// A manifest for `image` as `version`, valid from `from` to `until` (seconds from now).
-fn manifest(image: &[u8], version: &str, from: i64, until: i64) -> Manifest {
+pub(crate) fn manifest(image: &[u8], version: &str, from: i64, until: i64) -> Manifest {
     let now = Timestamp::now().unix() as i64;
     Manifest {
         format: MANIFEST_FORMAT,
@@ -38,11 +38,11 @@ fn manifest(image: &[u8], version: &str, from: i64, until: i64) -> Manifest {
     }
 }
 
-fn sign(m: Manifest, key: &SecretKey) -> String {
+pub(crate) fn sign(m: Manifest, key: &SecretKey) -> String {
     SignedManifest::sign(m, &[key]).unwrap().to_json()
 }
 
-async fn upload(app: &TestApp, manifest: String, image: Vec<u8>) -> (StatusCode, Value) {
+pub(crate) async fn upload(app: &TestApp, manifest: String, image: Vec<u8>) -> (StatusCode, Value) {
     let form = Form::new()
         .part("manifest", Part::text(manifest))
         .part("image", Part::bytes(image));

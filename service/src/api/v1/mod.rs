@@ -3,5 +3,6 @@
 pub mod audit;
 pub mod devices;
 pub mod groups;
+pub mod jobs;
 pub mod releases;
 pub mod tokens;

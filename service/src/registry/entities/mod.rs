@@ -4,7 +4,10 @@
 pub mod api_tokens;
 pub mod audit_events;
 pub mod devices;
+pub mod execution_history;
 pub mod group_members;
 pub mod groups;
+pub mod job_executions;
+pub mod jobs;
 pub mod releases;
 pub mod shadows;

@@ -1,0 +1,413 @@
+//! Jobs and their executions: a job installs one release on its targets; each device's
+//! execution moves through the legal transitions of `protocol::jobs`, driven by what the
+//! device reports in `reported.ota`. Every transition is appended to the history with the
+//! device's details; a duplicate or out-of-order report (QoS 1 redelivery) changes nothing.
+
+use fleetwave_artifacts::protocol::jobs::{ExecutionState, JobDocument, Step};
+use fleetwave_artifacts::protocol::report::OtaReport;
+use fleetwave_artifacts::{DeviceId, SignedManifest};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+use serde::Serialize;
+
+use crate::audit::{self, Actor, Event};
+use crate::registry::entities::{devices, execution_history, job_executions, jobs, releases};
+use crate::storage::Storage;
+
+/// Why a job operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No such thing.
+    #[error("{kind} {id} not found")]
+    NotFound {
+        /// What.
+        kind: &'static str,
+        /// Which.
+        id: String,
+    },
+    /// The database failed.
+    #[error("database error")]
+    Db(#[from] DbErr),
+    /// Making the download URL failed.
+    #[error("making a download URL")]
+    Url(#[source] anyhow::Error),
+}
+
+/// Why a reported transition was not applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The device reported on a job it has no execution of.
+    #[error("no execution of job {job} for this device")]
+    NoExecution {
+        /// The job named.
+        job: String,
+    },
+    /// Not a legal transition.
+    #[error("{from} cannot become {to}")]
+    Illegal {
+        /// Stored state.
+        from: ExecutionState,
+        /// Reported state.
+        to: ExecutionState,
+    },
+    /// An IN_PROGRESS report no further along than what is stored (a duplicate or an
+    /// out-of-order redelivery).
+    #[error("not further along than the stored progress")]
+    Stale,
+}
+
+/// A transition a device (or the service) asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The new state.
+    pub to: ExecutionState,
+    /// Its step, when in progress.
+    pub step: Option<Step>,
+    /// Percent of the step.
+    pub progress: Option<u8>,
+    /// Error code and message, when it failed.
+    pub error: Option<(String, String)>,
+}
+
+impl From<&OtaReport> for Change {
+    fn from(r: &OtaReport) -> Self {
+        Change {
+            to: r.state,
+            step: r.step,
+            progress: r.progress,
+            error: r
+                .error
+                .as_ref()
+                .map(|e| (e.code.clone(), e.message.clone())),
+        }
+    }
+}
+
+/// A job as the API shows it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Job {
+    /// Job id.
+    pub id: String,
+    /// Release to install.
+    pub release: String,
+    /// The rollout it belongs to.
+    pub rollout: Option<String>,
+    /// Created by (token id).
+    pub created_by: String,
+    /// When.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<jobs::Model> for Job {
+    fn from(m: jobs::Model) -> Self {
+        Job {
+            id: m.id,
+            release: m.release_id,
+            rollout: m.rollout_id,
+            created_by: m.created_by,
+            created_at: m.created_at,
+        }
+    }
+}
+
+/// Creates a job installing `release` on one device, its execution QUEUED.
+pub async fn create_for_device(
+    db: &DatabaseConnection,
+    actor: &Actor,
+    release: &str,
+    device: &str,
+) -> Result<Job, Error> {
+    let txn = db.begin().await?;
+    if releases::Entity::find_by_id(release.to_owned())
+        .one(&txn)
+        .await?
+        .is_none()
+    {
+        return Err(Error::NotFound {
+            kind: "release",
+            id: release.to_owned(),
+        });
+    }
+    let Some(dev) = devices::Entity::find_by_id(device.to_owned())
+        .one(&txn)
+        .await?
+    else {
+        return Err(Error::NotFound {
+            kind: "device",
+            id: device.to_owned(),
+        });
+    };
+    let now = crate::db::now();
+    let job = jobs::Model {
+        id: uuid::Uuid::now_v7().to_string(),
+        release_id: release.to_owned(),
+        rollout_id: None,
+        created_by: actor.id.clone(),
+        created_at: now,
+    };
+    jobs::Entity::insert(jobs::ActiveModel::from(job.clone()))
+        .exec_without_returning(&txn)
+        .await?;
+    let execution = job_executions::Model {
+        job_id: job.id.clone(),
+        device_id: device.to_owned(),
+        execution_number: 1,
+        version: 1,
+        state: ExecutionState::Queued.as_str().to_owned(),
+        step: None,
+        progress: None,
+        error_code: None,
+        error_message: None,
+        queued_at: now,
+        started_at: None,
+        updated_at: now,
+    };
+    job_executions::Entity::insert(job_executions::ActiveModel::from(execution.clone()))
+        .exec_without_returning(&txn)
+        .await?;
+    record_history(&txn, &execution, None, &dev).await?;
+    audit::append(
+        &txn,
+        actor,
+        Event {
+            action: "job.create",
+            subject: format!("job:{}", job.id),
+            details: serde_json::json!({"release": release, "device": device}),
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(job.into())
+}
+
+async fn record_history(
+    txn: &impl ConnectionTrait,
+    execution: &job_executions::Model,
+    from: Option<&str>,
+    device: &devices::Model,
+) -> Result<(), DbErr> {
+    execution_history::Entity::insert(execution_history::ActiveModel {
+        id: sea_orm::ActiveValue::NotSet,
+        job_id: Set(execution.job_id.clone()),
+        device_id: Set(execution.device_id.clone()),
+        execution_number: Set(execution.execution_number),
+        from_state: Set(from.map(str::to_owned)),
+        to_state: Set(execution.state.clone()),
+        step: Set(execution.step.clone()),
+        progress: Set(execution.progress),
+        error_code: Set(execution.error_code.clone()),
+        hardware: Set(device.hardware.clone()),
+        firmware_version: Set(device.firmware_version.clone()),
+        at: Set(execution.updated_at),
+    })
+    .exec_without_returning(txn)
+    .await?;
+    Ok(())
+}
+
+/// Applies `change` to the device's execution of `job`, inside the caller's transaction;
+/// a refused change leaves everything as it was.
+pub async fn transition(
+    txn: &impl ConnectionTrait,
+    job: &str,
+    device: &DeviceId,
+    change: &Change,
+) -> Result<Result<job_executions::Model, Refused>, DbErr> {
+    let Some(current) =
+        job_executions::Entity::find_by_id((job.to_owned(), device.as_str().to_owned()))
+            .lock_exclusive()
+            .one(txn)
+            .await?
+    else {
+        return Ok(Err(Refused::NoExecution {
+            job: job.to_owned(),
+        }));
+    };
+    let from = ExecutionState::parse(&current.state).ok_or_else(|| {
+        DbErr::Custom(format!(
+            "stored execution state {:?} is unknown",
+            current.state
+        ))
+    })?;
+    if !from.can_become(change.to) {
+        return Ok(Err(Refused::Illegal {
+            from,
+            to: change.to,
+        }));
+    }
+    if from == ExecutionState::InProgress && change.to == ExecutionState::InProgress {
+        let stored = (
+            current.step.as_deref().and_then(Step::parse),
+            current.progress.unwrap_or(0),
+        );
+        let reported = (change.step, i32::from(change.progress.unwrap_or(0)));
+        if reported <= stored {
+            return Ok(Err(Refused::Stale));
+        }
+    }
+    let now = crate::db::now();
+    let mut next = current.clone();
+    next.state = change.to.as_str().to_owned();
+    next.step = change.step.map(|s| s.as_str().to_owned());
+    next.progress = change.progress.map(i32::from);
+    next.error_code = change.error.as_ref().map(|e| e.0.clone());
+    next.error_message = change.error.as_ref().map(|e| e.1.clone());
+    next.version += 1;
+    next.updated_at = now;
+    if from == ExecutionState::Queued && change.to == ExecutionState::InProgress {
+        next.started_at = Some(now);
+    }
+    job_executions::Entity::update(job_executions::ActiveModel::from(next.clone()).reset_all())
+        .exec(txn)
+        .await?;
+    let dev = devices::Entity::find_by_id(device.as_str().to_owned())
+        .one(txn)
+        .await?
+        .ok_or_else(|| DbErr::Custom(format!("device {device} vanished")))?;
+    record_history(txn, &next, Some(&current.state), &dev).await?;
+    Ok(Ok(next))
+}
+
+/// The job document of the device's execution of `job`, with a fresh download URL.
+pub async fn document(
+    db: &impl ConnectionTrait,
+    storage: &Storage,
+    job: &str,
+    device: &DeviceId,
+) -> Result<Option<Vec<u8>>, Error> {
+    let Some(execution) =
+        job_executions::Entity::find_by_id((job.to_owned(), device.as_str().to_owned()))
+            .one(db)
+            .await?
+    else {
+        return Ok(None);
+    };
+    render(db, storage, &execution).await.map(Some)
+}
+
+/// The document of the device's oldest unfinished execution (QUEUED or IN_PROGRESS), with a
+/// fresh download URL.
+pub async fn next_document(
+    db: &impl ConnectionTrait,
+    storage: &Storage,
+    device: &DeviceId,
+) -> Result<Option<Vec<u8>>, Error> {
+    let execution = job_executions::Entity::find()
+        .filter(job_executions::Column::DeviceId.eq(device.as_str()))
+        .filter(job_executions::Column::State.is_in([
+            ExecutionState::Queued.as_str(),
+            ExecutionState::InProgress.as_str(),
+        ]))
+        .order_by_asc(job_executions::Column::QueuedAt)
+        .one(db)
+        .await?;
+    match execution {
+        Some(e) => render(db, storage, &e).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+async fn render(
+    db: &impl ConnectionTrait,
+    storage: &Storage,
+    execution: &job_executions::Model,
+) -> Result<Vec<u8>, Error> {
+    let job = jobs::Entity::find_by_id(execution.job_id.clone())
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            kind: "job",
+            id: execution.job_id.clone(),
+        })?;
+    let release = releases::Entity::find_by_id(job.release_id.clone())
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            kind: "release",
+            id: job.release_id.clone(),
+        })?;
+    let envelope = format!(
+        r#"{{"manifest":{},"signatures":{}}}"#,
+        release.manifest, release.signatures
+    );
+    let manifest = SignedManifest::parse(envelope.as_bytes()).map_err(|e| {
+        Error::Url(anyhow::anyhow!(
+            "stored manifest of release {} does not parse: {e}",
+            release.id
+        ))
+    })?;
+    let url = storage
+        .download_url(&release.object_key.as_str().into())
+        .await
+        .map_err(Error::Url)?;
+    let doc = JobDocument {
+        job: job.id,
+        release: release.id,
+        execution_number: u64::try_from(execution.execution_number).unwrap_or(0),
+        state: ExecutionState::parse(&execution.state).unwrap_or(ExecutionState::Queued),
+        manifest,
+        url: url.url,
+        url_expires_at: url.expires_at,
+    };
+    Ok(serde_json::to_vec(&doc).expect("a job document serialises"))
+}
+
+/// An execution and its transitions, for the API.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ExecutionView {
+    /// Current state.
+    pub state: String,
+    /// Current step.
+    pub step: Option<String>,
+    /// Progress of the step.
+    pub progress: Option<i32>,
+    /// Version (rises on each transition).
+    pub version: i64,
+    /// Execution number.
+    pub execution_number: i64,
+    /// Error code, if it failed.
+    pub error_code: Option<String>,
+    /// Every transition, oldest first: `[from, to, step, progress, hardware, firmware, at]`.
+    #[schema(value_type = Vec<Object>)]
+    pub history: Vec<serde_json::Value>,
+}
+
+/// The device's execution of `job`, with its history.
+pub async fn execution(
+    db: &impl ConnectionTrait,
+    job: &str,
+    device: &str,
+) -> Result<ExecutionView, Error> {
+    let e = job_executions::Entity::find_by_id((job.to_owned(), device.to_owned()))
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            kind: "execution",
+            id: format!("{job}/{device}"),
+        })?;
+    let history = execution_history::Entity::find()
+        .filter(execution_history::Column::JobId.eq(job))
+        .filter(execution_history::Column::DeviceId.eq(device))
+        .order_by_asc(execution_history::Column::Id)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|h| {
+            serde_json::json!({
+                "from": h.from_state, "to": h.to_state, "step": h.step, "progress": h.progress,
+                "error_code": h.error_code, "hardware": h.hardware, "firmware_version": h.firmware_version, "at": h.at,
+            })
+        })
+        .collect();
+    Ok(ExecutionView {
+        state: e.state,
+        step: e.step,
+        progress: e.progress,
+        version: e.version,
+        execution_number: e.execution_number,
+        error_code: e.error_code,
+        history,
+    })
+}

@@ -1,0 +1,284 @@
+//! Job executions over the real broker and database: a targeted job reaches its device on
+//! notify-next with a URL that downloads the release, start-next and jobs/{job}/get answer
+//! with fresh URLs, and the device's reports through its shadow drive the execution through
+//! legal transitions only, each recorded once.
+
+use std::time::Duration;
+
+use fleetwave::jobs::{self, Change, Refused};
+use fleetwave::registry::entities::job_executions;
+use fleetwave_artifacts::protocol::jobs::{ExecutionState, JobDocument, Step};
+use fleetwave_artifacts::{DeviceId, SecretKey};
+use fleetwave_tests::harness::app::{Backend, Options, TestApp};
+use fleetwave_tests::harness::s3::TestBucket;
+use reqwest::{Method, StatusCode};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, TransactionTrait};
+use serde_json::{Value, json};
+use tokio::time::timeout;
+
+use crate::releases::{image, manifest, sign, upload};
+
+struct Device {
+    client: AsyncClient,
+    events: EventLoop,
+    base: String,
+}
+
+impl Device {
+    async fn connect(app: &TestApp, id: &str) -> Device {
+        let (client, mut events) = app.mqtt.client(id);
+        let base = format!("{}/things/{id}", app.mqtt.prefix);
+        client
+            .subscribe(format!("{base}/jobs/#"), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        client
+            .subscribe(format!("{base}/shadow/update/accepted"), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let mut acks = 0;
+        timeout(Duration::from_secs(10), async {
+            while acks < 2 {
+                if let Event::Incoming(Packet::SubAck(_)) = events.poll().await.unwrap() {
+                    acks += 1;
+                }
+            }
+        })
+        .await
+        .expect("subscribed");
+        Device {
+            client,
+            events,
+            base,
+        }
+    }
+
+    /// The next message whose topic ends with `suffix`.
+    async fn expect(&mut self, suffix: &str) -> Vec<u8> {
+        timeout(Duration::from_secs(10), async {
+            loop {
+                if let Event::Incoming(Packet::Publish(p)) = self.events.poll().await.unwrap() {
+                    if p.topic.ends_with(suffix) {
+                        return p.payload.to_vec();
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("a message on …{suffix} within 10 s"))
+    }
+
+    async fn send(&self, topic: &str, payload: Value) {
+        self.client
+            .publish(
+                format!("{}/{topic}", self.base),
+                QoS::AtLeastOnce,
+                false,
+                payload.to_string(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Reports `ota` through the shadow and waits until the service accepted it.
+    async fn report(&mut self, ota: Value) {
+        self.send(
+            "shadow/update",
+            json!({"state": {"reported": {"ota": ota}}}),
+        )
+        .await;
+        self.expect("shadow/update/accepted").await;
+    }
+}
+
+#[tokio::test]
+async fn a_targeted_job_runs_through_its_states_on_reports() {
+    let key = SecretKey::generate().unwrap();
+    let mut options = Options::new(Backend::Postgres);
+    options.trusted_keys = vec![key.public()];
+    options.s3 = Some(TestBucket::new().await.unwrap());
+    let app = TestApp::spawn_with(options).await.unwrap();
+    app.call(
+        Method::POST,
+        "/v1/devices",
+        Some(json!({"id": "pi-1", "hardware": "rpi4"})),
+    )
+    .await;
+    let bytes = image(200_000, 9);
+    let (status, release) = upload(
+        &app,
+        sign(manifest(&bytes, "3.0.0", -60, 3600), &key),
+        bytes.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{release}");
+    let mut d = Device::connect(&app, "pi-1").await;
+
+    let (status, job) = app
+        .call(
+            Method::POST,
+            "/v1/jobs",
+            Some(json!({"release": release["id"], "device": "pi-1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let job_id = job["id"].as_str().unwrap().to_owned();
+
+    // notify-next carries the signed manifest and a URL that downloads the release.
+    let doc: JobDocument = serde_json::from_slice(&d.expect("jobs/notify-next").await).unwrap();
+    assert_eq!(doc.job, job_id);
+    assert_eq!(doc.state, ExecutionState::Queued);
+    assert_eq!(doc.manifest.manifest().version.to_string(), "3.0.0");
+    let got = app.http.get(&doc.url).send().await.unwrap();
+    assert!(
+        got.bytes().await.unwrap() == bytes,
+        "the job's URL downloads the release"
+    );
+
+    // start-next and jobs/{job}/get answer with the same job and a fresh URL.
+    d.send("jobs/start-next", json!({})).await;
+    let next: JobDocument =
+        serde_json::from_slice(&d.expect("jobs/start-next/accepted").await).unwrap();
+    assert_eq!(next.job, job_id);
+    assert!(
+        app.http
+            .get(&next.url)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    d.send(&format!("jobs/{job_id}/get"), json!({})).await;
+    let one: JobDocument =
+        serde_json::from_slice(&d.expect(&format!("jobs/{job_id}/get/accepted")).await).unwrap();
+    assert_eq!(one.release, release["id"].as_str().unwrap());
+    d.send("jobs/no-such-job/get", json!({})).await;
+    let missing: Value =
+        serde_json::from_slice(&d.expect("jobs/no-such-job/get/rejected").await).unwrap();
+    assert_eq!(missing["code"], 404);
+
+    // Reports drive the execution; a duplicate, a stale step and anything after the end
+    // change nothing.
+    let ota = |state: &str, step: Option<&str>, progress: u8| {
+        let mut o = json!({"job": job_id, "state": state, "progress": progress});
+        if let Some(s) = step {
+            o["step"] = s.into();
+        }
+        o
+    };
+    d.report(ota("IN_PROGRESS", Some("downloading"), 10)).await;
+    d.report(ota("IN_PROGRESS", Some("downloading"), 10)).await;
+    d.report(ota("IN_PROGRESS", Some("verifying"), 0)).await;
+    d.report(ota("IN_PROGRESS", Some("downloading"), 90)).await;
+    d.report(ota("SUCCEEDED", None, 100)).await;
+    d.report(json!({"job": job_id, "state": "FAILED", "error": {"code": "x", "message": "late"}}))
+        .await;
+
+    let (status, execution) = app
+        .call(
+            Method::GET,
+            &format!("/v1/jobs/{job_id}/executions/pi-1"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{execution}");
+    assert_eq!(execution["state"], "SUCCEEDED");
+    let transitions: Vec<(Value, Value)> = execution["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["to"].clone(), h["step"].clone()))
+        .collect();
+    assert_eq!(
+        transitions,
+        vec![
+            (json!("QUEUED"), Value::Null),
+            (json!("IN_PROGRESS"), json!("downloading")),
+            (json!("IN_PROGRESS"), json!("verifying")),
+            (json!("SUCCEEDED"), Value::Null),
+        ],
+        "each transition once: {execution}"
+    );
+    assert_eq!(execution["version"], 4);
+    assert_eq!(
+        execution["history"][1]["hardware"], "rpi4",
+        "the device's details are recorded"
+    );
+
+    // With nothing left to do, start-next says so.
+    d.send("jobs/start-next", json!({})).await;
+    let none: Value = serde_json::from_slice(&d.expect("jobs/start-next/rejected").await).unwrap();
+    assert_eq!(none["code"], 404);
+}
+
+/// Every (from, to) pair of execution states: legal ones apply, illegal ones are refused
+/// with the reason, on the real database.
+#[tokio::test]
+async fn every_transition_follows_the_table() {
+    let key = SecretKey::generate().unwrap();
+    let mut options = Options::new(Backend::Postgres);
+    options.trusted_keys = vec![key.public()];
+    let app = TestApp::spawn_with(options).await.unwrap();
+    app.call(
+        Method::POST,
+        "/v1/devices",
+        Some(json!({"id": "pi-9", "hardware": "rpi4"})),
+    )
+    .await;
+    let bytes = image(1000, 1);
+    let (_, release) = upload(
+        &app,
+        sign(manifest(&bytes, "1.0.0", -60, 3600), &key),
+        bytes,
+    )
+    .await;
+    let (_, job) = app
+        .call(
+            Method::POST,
+            "/v1/jobs",
+            Some(json!({"release": release["id"], "device": "pi-9"})),
+        )
+        .await;
+    let job = job["id"].as_str().unwrap();
+    let device = DeviceId::parse("pi-9").unwrap();
+    for from in ExecutionState::ALL {
+        for to in ExecutionState::ALL {
+            let row = job_executions::Entity::find_by_id((job.to_owned(), "pi-9".to_owned()))
+                .one(&app.db)
+                .await
+                .unwrap()
+                .unwrap();
+            let mut reset: job_executions::ActiveModel = row.into();
+            reset.state = Set(from.as_str().to_owned());
+            reset.step = Set(Some("downloading".to_owned()));
+            reset.progress = Set(Some(10));
+            reset.update(&app.db).await.unwrap();
+            let change = Change {
+                to,
+                step: (to == ExecutionState::InProgress).then_some(Step::Verifying),
+                progress: Some(0),
+                error: None,
+            };
+            let txn = app.db.begin().await.unwrap();
+            let outcome = jobs::transition(&txn, job, &device, &change).await.unwrap();
+            txn.rollback().await.unwrap();
+            match outcome {
+                Ok(e) => {
+                    assert!(from.can_become(to), "{from} → {to} applied but is illegal");
+                    assert_eq!(e.state, to.as_str());
+                }
+                Err(Refused::Illegal { from: f, to: t }) => {
+                    assert!(!from.can_become(to), "{from} → {to} refused but is legal");
+                    assert_eq!((f, t), (from, to));
+                    assert_eq!(
+                        Refused::Illegal { from, to }.to_string(),
+                        format!("{from} cannot become {to}")
+                    );
+                }
+                Err(other) => panic!("{from} → {to}: {other}"),
+            }
+        }
+    }
+}
