@@ -67,6 +67,37 @@ pub enum Step {
     HealthCheck,
 }
 
+/// The retained notice of a wave on `groups/{group}/jobs/notify`: every member reads it and
+/// takes part when its bucket ([`super::bucket`]) is below `threshold`. Serialise it straight
+/// to bytes, like [`JobDocument`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaveNotice {
+    /// The rollout; buckets are computed against its id.
+    pub rollout: String,
+    /// The job each covered device reports on (`reported.ota.job`).
+    pub job: String,
+    /// The wave's index, from 0.
+    pub wave: u32,
+    /// Cumulative bucket threshold, 1 to 10000: devices with a bucket below it take part.
+    pub threshold: u16,
+    /// The release id.
+    pub release: String,
+    /// The signed manifest, verbatim.
+    pub manifest: SignedManifest,
+    /// Where to download the image.
+    pub url: String,
+    /// Unix time the URL expires at; `jobs/{job}/get` gives a fresh one.
+    pub url_expires_at: u64,
+}
+
+impl WaveNotice {
+    /// Whether this wave covers `device`.
+    pub fn covers(&self, device: &crate::DeviceId) -> bool {
+        super::bucket::covers(self.threshold, device, &self.rollout)
+    }
+}
+
 impl ExecutionState {
     /// Parses a wire name.
     pub fn parse(s: &str) -> Option<Self> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use fleetwave_artifacts::DeviceId;
+use fleetwave_artifacts::protocol::jobs::WaveNotice;
 use fleetwave_artifacts::protocol::topics::{Reply, Request, Topics};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use sea_orm::DatabaseConnection;
@@ -175,6 +176,36 @@ impl Bridge {
                 }
             }
         }
+    }
+
+    /// Publishes a wave notice to a whole group, retained, so members that connect later
+    /// read it at once.
+    pub async fn publish_notice(
+        &self,
+        group: &str,
+        notice: &WaveNotice,
+    ) -> Result<(), rumqttc::ClientError> {
+        let payload = serde_json::to_vec(notice).expect("a notice serialises");
+        self.client
+            .publish(
+                self.topics.group_notify(group),
+                QoS::AtLeastOnce,
+                true,
+                payload,
+            )
+            .await
+    }
+
+    /// Clears a group's retained notice (when its rollout halts, completes or is canceled).
+    pub async fn clear_notice(&self, group: &str) -> Result<(), rumqttc::ClientError> {
+        self.client
+            .publish(
+                self.topics.group_notify(group),
+                QoS::AtLeastOnce,
+                true,
+                Vec::new(),
+            )
+            .await
     }
 
     /// Sends a job document to one device on `jobs/notify-next`.

@@ -72,6 +72,8 @@ pub struct TestApp {
     pub storage: Storage,
     /// The test's MQTT namespace, which the service uses.
     pub mqtt: TestMqtt,
+    /// The service's MQTT bridge, for publishing as the service does.
+    pub bridge: fleetwave::mqtt::bridge::Bridge,
     s3_endpoint: Option<String>,
     _pg: Option<TestDb>,
     _dir: tempfile::TempDir,
@@ -151,6 +153,7 @@ impl TestApp {
         );
         let db = app.db().clone();
         let storage = app.storage().clone();
+        let bridge = app.mqtt().clone();
         let server = tokio::spawn(async move {
             let _ = app.run_until(std::future::pending()).await;
         });
@@ -162,6 +165,7 @@ impl TestApp {
             http: reqwest::Client::new(),
             storage,
             mqtt,
+            bridge,
             s3_endpoint: options.s3.as_ref().map(|b| b.server.endpoint.clone()),
             _pg: pg,
             _dir: dir,

@@ -7,6 +7,7 @@ mod cli;
 mod devices;
 mod groups;
 mod jobs;
+mod notices;
 mod releases;
 mod replicas;
 mod serve;
