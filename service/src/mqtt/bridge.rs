@@ -1,7 +1,8 @@
 //! The service's MQTT client: subscribes (as a shared subscription, so replicas split the
-//! work) to every device request, handles each in order, publishes the answers, and
-//! acknowledges a message only once it is durably handled. While the database is down the
-//! message is retried with backoff, unacknowledged, so nothing is lost.
+//! work) to every device request, handles them in order in batches of up to [`BATCH`] per
+//! database transaction, publishes the answers after the commit, and acknowledges a message
+//! only then. While the database is down a batch is retried with backoff, unacknowledged, so
+//! nothing is lost (the broker keeps the rest for the persistent session).
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use fleetwave_artifacts::DeviceId;
 use fleetwave_artifacts::protocol::jobs::WaveNotice;
 use fleetwave_artifacts::protocol::topics::{Reply, Request, Topics};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use tokio::sync::{mpsc, watch};
 
 use crate::jobs;
@@ -21,6 +22,8 @@ use crate::storage::Storage;
 const SHARE_GROUP: &str = "fleetwave-service";
 /// Messages buffered between the network loop and the handler.
 const QUEUE: usize = 1024;
+/// Most messages handled in one database transaction.
+const BATCH: usize = 64;
 
 /// A cheap, cloneable handle for publishing to devices.
 #[derive(Clone)]
@@ -120,60 +123,93 @@ impl Bridge {
         &self.topics
     }
 
+    /// Handles device messages in batches: up to [`BATCH`] queued messages in one
+    /// transaction, answered after it commits and acknowledged after their answers went out.
     async fn handle_all(
         self,
         db: DatabaseConnection,
         storage: Storage,
         mut rx: mpsc::Receiver<Publish>,
     ) {
-        while let Some(publish) = rx.recv().await {
-            self.handle(&db, &storage, &publish).await;
-            if let Err(e) = self.client.ack(&publish).await {
-                tracing::warn!(error.message = %e, "acknowledging a device message");
+        let mut batch = Vec::with_capacity(BATCH);
+        while rx.recv_many(&mut batch, BATCH).await > 0 {
+            let answers = self.handle_batch(&db, &storage, &batch).await;
+            for (thing, request, answer) in answers.into_iter().flatten() {
+                self.answer(&thing, &request, answer).await;
+            }
+            for publish in &batch {
+                if let Err(e) = self.client.ack(publish).await {
+                    tracing::warn!(error.message = %e, "acknowledging a device message");
+                }
+            }
+            batch.clear();
+        }
+    }
+
+    /// Runs a batch until its transaction commits: while the database is unavailable it is
+    /// retried with backoff, its messages unacknowledged, so nothing is lost.
+    async fn handle_batch(
+        &self,
+        db: &DatabaseConnection,
+        storage: &Storage,
+        batch: &[Publish],
+    ) -> Vec<Option<(DeviceId, Request, Answer)>> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.try_batch(db, storage, batch).await {
+                Ok(answers) => return answers,
+                Err(e) => {
+                    tracing::warn!(error.cause_chain = ?e, batch.len = batch.len(), "handling device messages; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
             }
         }
     }
 
-    /// Handles one message until it is durably done: database failures are retried with
-    /// backoff (the message stays unacknowledged meanwhile).
-    async fn handle(&self, db: &DatabaseConnection, storage: &Storage, publish: &Publish) {
-        let Some((thing, request)) = self.topics.parse_request(&publish.topic) else {
-            tracing::warn!(mqtt.topic = %publish.topic, "ignoring a message on an unknown topic");
-            return;
-        };
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let outcome = match &request {
-                Request::Shadow(op) => shadow::handle(db, &thing, *op, &publish.payload)
-                    .await
-                    .map(Answer::Shadow)
-                    .map_err(anyhow::Error::from),
-                Request::StartNext => jobs::next_document(db, storage, &thing)
-                    .await
-                    .map(Answer::Job)
-                    .map_err(anyhow::Error::from),
-                Request::JobGet(job) => jobs::document(db, storage, job, &thing)
-                    .await
-                    .map(Answer::Job)
-                    .map_err(anyhow::Error::from),
+    async fn try_batch(
+        &self,
+        db: &DatabaseConnection,
+        storage: &Storage,
+        batch: &[Publish],
+    ) -> Result<Vec<Option<(DeviceId, Request, Answer)>>> {
+        let txn = db.begin().await?;
+        let mut answers = Vec::with_capacity(batch.len());
+        for publish in batch {
+            let Some((thing, request)) = self.topics.parse_request(&publish.topic) else {
+                tracing::warn!(mqtt.topic = %publish.topic, "ignoring a message on an unknown topic");
+                answers.push(None);
+                continue;
             };
-            match outcome {
-                Ok(Answer::Shadow(out)) => return self.publish_shadow(&thing, out).await,
-                Ok(Answer::Job(Some(doc))) => {
-                    let topic = self.topics.reply(&thing, &request, Reply::Accepted);
-                    return self.publish_bytes(topic, doc).await;
+            let answer = match &request {
+                Request::Shadow(op) => {
+                    Answer::Shadow(shadow::handle(&txn, &thing, *op, &publish.payload).await?)
                 }
-                Ok(Answer::Job(None)) => {
-                    let doc =
-                        serde_json::json!({"code": 404, "message": "no such job for this device"});
-                    let topic = self.topics.reply(&thing, &request, Reply::Rejected);
-                    return self.publish(topic, &doc).await;
+                Request::StartNext => {
+                    Answer::Job(jobs::next_document(&txn, storage, &thing).await?)
                 }
-                Err(e) => {
-                    tracing::warn!(error.cause_chain = ?e, device.id = %thing, "handling a device message; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                Request::JobGet(job) => {
+                    Answer::Job(jobs::document(&txn, storage, job, &thing).await?)
                 }
+            };
+            answers.push(Some((thing, request, answer)));
+        }
+        txn.commit().await?;
+        Ok(answers)
+    }
+
+    async fn answer(&self, thing: &DeviceId, request: &Request, answer: Answer) {
+        match answer {
+            Answer::Shadow(out) => self.publish_shadow(thing, out).await,
+            Answer::Job(Some(doc)) => {
+                let topic = self.topics.reply(thing, request, Reply::Accepted);
+                self.publish_bytes(topic, doc).await;
+            }
+            Answer::Job(None) => {
+                let doc =
+                    serde_json::json!({"code": 404, "message": "no such job for this device"});
+                let topic = self.topics.reply(thing, request, Reply::Rejected);
+                self.publish(topic, &doc).await;
             }
         }
     }

@@ -53,11 +53,12 @@ fn rejected(op: ShadowOp, rejection: &Rejection, token: Option<&str>) -> Vec<Out
     }]
 }
 
-/// Handles one shadow request a device sent; the answers to publish come back. Database
-/// failures are errors (the message stays unacknowledged and is redelivered); everything
-/// wrong with the request itself is a rejection to publish.
+/// Handles one shadow request a device sent, inside the caller's transaction (the bridge
+/// handles a batch of messages per transaction); the answers to publish come back. Database
+/// failures are errors (the batch is retried, its messages unacknowledged meanwhile);
+/// everything wrong with the request itself is a rejection to publish.
 pub async fn handle(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     thing: &DeviceId,
     op: ShadowOp,
     payload: &[u8],
@@ -89,7 +90,7 @@ pub async fn handle(
     };
     let token = token.as_deref();
     match op {
-        ShadowOp::Update => Ok(match apply(db, thing, &request, None).await? {
+        ShadowOp::Update => Ok(match apply_in(db, thing, &request, None).await? {
             Ok(updated) => {
                 let mut out = vec![
                     Outgoing {
@@ -180,9 +181,23 @@ pub async fn apply(
     actor: Option<&Actor>,
 ) -> Result<Result<document::Updated, Rejection>, DbErr> {
     let txn = db.begin().await?;
+    let outcome = apply_in(&txn, thing, request, actor).await?;
+    if outcome.is_ok() {
+        txn.commit().await?;
+    }
+    Ok(outcome)
+}
+
+/// [`apply`] inside the caller's transaction.
+pub async fn apply_in(
+    txn: &impl ConnectionTrait,
+    thing: &DeviceId,
+    request: &Value,
+    actor: Option<&Actor>,
+) -> Result<Result<document::Updated, Rejection>, DbErr> {
     let device = devices::Entity::find_by_id(thing.as_str().to_owned())
         .lock_exclusive()
-        .one(&txn)
+        .one(txn)
         .await?;
     if device.is_none() {
         return Ok(Err(Rejection {
@@ -191,7 +206,7 @@ pub async fn apply(
         }));
     }
     let row = shadows::Entity::find_by_id(thing.as_str().to_owned())
-        .one(&txn)
+        .one(txn)
         .await?;
     let current = row.as_ref().map(decode).transpose()?;
     let updated = match document::update(current.as_ref(), request, unix_now()) {
@@ -205,10 +220,10 @@ pub async fn apply(
         updated_at: Set(crate::db::now()),
     };
     if row.is_some() {
-        shadows::Entity::update(model).exec(&txn).await?;
+        shadows::Entity::update(model).exec(txn).await?;
     } else {
         shadows::Entity::insert(model)
-            .exec_without_returning(&txn)
+            .exec_without_returning(txn)
             .await?;
     }
     let firmware = updated
@@ -219,7 +234,7 @@ pub async fn apply(
         .and_then(|f| serde_json::from_value::<FirmwareReport>(f.clone()).ok());
     if let Some(firmware) = firmware {
         if let Err(e) =
-            crate::registry::devices::record_firmware(&txn, thing.as_str(), &firmware.version).await
+            crate::registry::devices::record_firmware(txn, thing.as_str(), &firmware.version).await
         {
             return Err(match e {
                 crate::registry::Error::Db(db) => db,
@@ -234,7 +249,7 @@ pub async fn apply(
         match serde_json::from_value::<OtaReport>(ota.clone()) {
             Ok(report) => {
                 if let Err(refused) =
-                    jobs::transition(&txn, &report.job, thing, &jobs::Change::from(&report)).await?
+                    jobs::transition(txn, &report.job, thing, &jobs::Change::from(&report)).await?
                 {
                     tracing::info!(device.id = %thing, job.id = %report.job, reason = %refused, "execution report not applied");
                 }
@@ -246,7 +261,7 @@ pub async fn apply(
     }
     if let Some(actor) = actor {
         audit::append(
-            &txn,
+            txn,
             actor,
             audit::Event {
                 action: "shadow.update",
@@ -256,6 +271,5 @@ pub async fn apply(
         )
         .await?;
     }
-    txn.commit().await?;
     Ok(Ok(updated))
 }

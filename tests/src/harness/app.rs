@@ -40,6 +40,8 @@ pub struct Options {
     pub url_expiry_secs: u64,
     /// The S3 endpoint download URLs are signed for (default: the one uploads use).
     pub s3_public_endpoint: Option<String>,
+    /// A database URL to use instead of a fresh test database (the service migrates it).
+    pub database_url: Option<String>,
 }
 
 impl Options {
@@ -52,6 +54,7 @@ impl Options {
             threshold: 1,
             url_expiry_secs: 3600,
             s3_public_endpoint: None,
+            database_url: None,
         }
     }
 }
@@ -92,6 +95,9 @@ impl TestApp {
         let backend = options.backend;
         let dir = tempfile::tempdir()?;
         let (pg, database_url) = match backend {
+            _ if options.database_url.is_some() => {
+                (None, options.database_url.clone().unwrap_or_default())
+            }
             Backend::Postgres => {
                 let db = TestDb::new().await?;
                 let url = db.url.clone();

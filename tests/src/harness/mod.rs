@@ -4,6 +4,7 @@ pub mod app;
 pub mod bin;
 pub mod env;
 pub mod mqtt;
+pub mod own_postgres;
 pub mod postgres;
 pub mod s3;
 

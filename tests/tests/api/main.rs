@@ -8,6 +8,7 @@ mod devices;
 mod groups;
 mod jobs;
 mod notices;
+mod outage;
 mod releases;
 mod replicas;
 mod serve;
