@@ -23,6 +23,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Validate a configuration file and everything it points at; list every problem.
+    CheckConfig {
+        /// The configuration file.
+        #[arg(
+            long,
+            env = "FLEETWAVE_AGENT_CONFIG",
+            default_value = "/etc/fleetwave-agent/agent.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Print the example configuration, every key documented.
+    ExampleConfig,
     /// Run every check this device makes before installing IMAGE, without installing it.
     Verify {
         /// The firmware image.
@@ -74,6 +86,30 @@ fn main() -> ExitCode {
 
 fn run(command: Command, json: bool) -> Result<()> {
     match command {
+        Command::ExampleConfig => {
+            print!("{}", fleetwave_agent::config::EXAMPLE);
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let loaded = fleetwave_agent::config::Config::load(&config)?;
+            let keys = loaded.check()?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "device_id": loaded.device_id, "trusted_keys": keys.len()})
+                );
+            } else {
+                println!(
+                    "{}: configuration OK for {} ({} trusted key(s), threshold {}, {:?} slots)",
+                    config.display(),
+                    loaded.device_id,
+                    keys.len(),
+                    loaded.trust.threshold,
+                    loaded.slots.backend
+                );
+            }
+            Ok(())
+        }
         Command::Verify {
             image,
             manifest,
