@@ -1,6 +1,8 @@
-//! The fleetwave device agent. Today it holds its configuration ([`config`]) and the
-//! device-side verification of a release ([`verify`]); the install state machine, slot
-//! backends, download and MQTT reporting join it as they land (see ARCHITECTURE.md).
+//! The fleetwave device agent. Today it holds its configuration ([`config`]), the pure
+//! install state machine ([`state::machine`]) and the device-side verification of a release
+//! ([`verify`]); the executor, slot backends, download and MQTT reporting join it as they
+//! land (see ARCHITECTURE.md).
 
 pub mod config;
+pub mod state;
 pub mod verify;
