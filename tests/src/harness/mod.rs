@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod bin;
+pub mod device;
 pub mod env;
 pub mod mqtt;
 pub mod own_postgres;

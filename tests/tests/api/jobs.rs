@@ -3,82 +3,33 @@
 //! with fresh URLs, and the device's reports through its shadow drive the execution through
 //! legal transitions only, each recorded once.
 
-use std::time::Duration;
-
 use fleetwave::jobs::{self, Change, Refused};
 use fleetwave::registry::entities::job_executions;
 use fleetwave_artifacts::protocol::jobs::{ExecutionState, JobDocument, Step};
 use fleetwave_artifacts::{DeviceId, SecretKey};
 use fleetwave_tests::harness::app::{Backend, Options, TestApp};
+use fleetwave_tests::harness::device::SimDevice;
 use fleetwave_tests::harness::s3::TestBucket;
 use reqwest::{Method, StatusCode};
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, TransactionTrait};
 use serde_json::{Value, json};
-use tokio::time::timeout;
 
 use crate::releases::{image, manifest, sign, upload};
 
-struct Device {
-    client: AsyncClient,
-    events: EventLoop,
-    base: String,
-}
+/// A device that hears its jobs and reports through its shadow.
+struct Device(SimDevice);
 
 impl Device {
     async fn connect(app: &TestApp, id: &str) -> Device {
-        let (client, mut events) = app.mqtt.client(id);
-        let base = format!("{}/things/{id}", app.mqtt.prefix);
-        client
-            .subscribe(format!("{base}/jobs/#"), QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        client
-            .subscribe(format!("{base}/shadow/update/accepted"), QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        let mut acks = 0;
-        timeout(Duration::from_secs(10), async {
-            while acks < 2 {
-                if let Event::Incoming(Packet::SubAck(_)) = events.poll().await.unwrap() {
-                    acks += 1;
-                }
-            }
-        })
-        .await
-        .expect("subscribed");
-        Device {
-            client,
-            events,
-            base,
-        }
+        Device(SimDevice::connect(&app.mqtt, id, &["jobs/#", "shadow/update/accepted"]).await)
     }
 
-    /// The next message whose topic ends with `suffix`.
     async fn expect(&mut self, suffix: &str) -> Vec<u8> {
-        timeout(Duration::from_secs(10), async {
-            loop {
-                if let Event::Incoming(Packet::Publish(p)) = self.events.poll().await.unwrap() {
-                    if p.topic.ends_with(suffix) {
-                        return p.payload.to_vec();
-                    }
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("a message on …{suffix} within 10 s"))
+        self.0.expect(suffix).await
     }
 
     async fn send(&self, topic: &str, payload: Value) {
-        self.client
-            .publish(
-                format!("{}/{topic}", self.base),
-                QoS::AtLeastOnce,
-                false,
-                payload.to_string(),
-            )
-            .await
-            .unwrap();
+        self.0.send(topic, payload).await;
     }
 
     /// Reports `ota` through the shadow and waits until the service accepted it.

@@ -4,75 +4,36 @@
 use std::time::Duration;
 
 use fleetwave_tests::harness::app::{Backend, TestApp};
+use fleetwave_tests::harness::device::SimDevice;
 use reqwest::{Method, StatusCode};
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
+use rumqttc::QoS;
 use serde_json::{Value, json};
 use tokio::time::timeout;
 
-/// A device: a plain MQTT client subscribed to its own shadow topics.
-struct Device {
-    client: AsyncClient,
-    events: EventLoop,
-    base: String,
-}
+/// A device talking to its shadow.
+struct Device(SimDevice);
 
 impl Device {
     async fn connect(app: &TestApp, id: &str) -> Device {
-        let (client, mut events) = app.mqtt.client(id);
-        let base = format!("{}/things/{id}/shadow", app.mqtt.prefix);
-        client
-            .subscribe(format!("{base}/#"), QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        timeout(Duration::from_secs(10), async {
-            loop {
-                if let Event::Incoming(Packet::SubAck(_)) = events.poll().await.unwrap() {
-                    return;
-                }
-            }
-        })
-        .await
-        .expect("subscribed");
-        Device {
-            client,
-            events,
-            base,
-        }
+        Device(SimDevice::connect(&app.mqtt, id, &["shadow/#"]).await)
     }
 
-    /// The next message on one of this device's shadow topics: (topic after `shadow/`, JSON).
+    /// The next answer, delta or documents message: (topic after `shadow/`, JSON). Our own
+    /// requests, echoed by the wildcard subscription, are skipped.
     async fn next(&mut self) -> (String, Value) {
-        timeout(Duration::from_secs(10), async {
-            loop {
-                if let Event::Incoming(Packet::Publish(p)) = self.events.poll().await.unwrap() {
-                    let rest = p
-                        .topic
-                        .strip_prefix(&format!("{}/", self.base))
-                        .unwrap()
-                        .to_owned();
-                    if matches!(rest.as_str(), "update" | "get" | "delete") {
-                        continue; // our own request, echoed by the wildcard subscription
-                    }
-                    return (rest, serde_json::from_slice(&p.payload).unwrap());
-                }
+        loop {
+            let (topic, payload) = self.0.next().await;
+            let rest = topic.strip_prefix("shadow/").unwrap_or(&topic).to_owned();
+            if !matches!(rest.as_str(), "update" | "get" | "delete") {
+                return (rest, serde_json::from_slice(&payload).unwrap());
             }
-        })
-        .await
-        .expect("an answer within 10 s")
+        }
     }
 
     /// Sends `payload` to `shadow/{op}` and returns the accepted or rejected answer, keeping
     /// any delta and documents messages that arrive in between.
     async fn request(&mut self, op: &str, payload: Value) -> (String, Value, Vec<(String, Value)>) {
-        self.client
-            .publish(
-                format!("{}/{op}", self.base),
-                QoS::AtLeastOnce,
-                false,
-                payload.to_string(),
-            )
-            .await
-            .unwrap();
+        self.0.send(&format!("shadow/{op}"), payload).await;
         let mut others = Vec::new();
         loop {
             let (topic, doc) = self.next().await;
@@ -205,9 +166,9 @@ async fn shadow_semantics_over_mqtt() {
         (topic.as_str(), err["code"].as_u64()),
         ("update/rejected", Some(400))
     );
-    d.client
+    d.0.client
         .publish(
-            format!("{}/update", d.base),
+            format!("{}/shadow/update", d.0.base),
             QoS::AtLeastOnce,
             false,
             "{not json",
