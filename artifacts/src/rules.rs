@@ -5,7 +5,7 @@
 use semver::Version;
 
 use crate::error::Error;
-use crate::manifest::Timestamp;
+use crate::manifest::{Manifest, Timestamp};
 use crate::signing::VerifiedManifest;
 
 /// What the installing side knows about the device.
@@ -39,8 +39,17 @@ pub fn check(
     device: Device<'_>,
     request: Request,
 ) -> Result<(), Error> {
-    check_unexpired(release, request.now)?;
-    let m = release.manifest();
+    check_manifest(release.manifest(), device, request)
+}
+
+/// [`check`] for a manifest whose signatures were verified elsewhere: the service verified
+/// every stored release at upload and checks these rules again before queueing a device.
+pub fn check_manifest(m: &Manifest, device: Device<'_>, request: Request) -> Result<(), Error> {
+    if request.now >= m.expires_at {
+        return Err(Error::Expired {
+            expires_at: m.expires_at,
+        });
+    }
     if !m.supports(device.hardware) {
         return Err(Error::IncompatibleHardware {
             hardware: device.hardware.to_owned(),

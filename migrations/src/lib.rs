@@ -20,6 +20,7 @@ mod m20261127_000004_create_api_tokens;
 mod m20261127_000005_create_audit_events;
 mod m20261127_000006_create_shadows;
 mod m20261127_000007_create_jobs;
+mod m20261127_000008_create_rollouts;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000005_create_audit_events::Migration),
             Box::new(m20261127_000006_create_shadows::Migration),
             Box::new(m20261127_000007_create_jobs::Migration),
+            Box::new(m20261127_000008_create_rollouts::Migration),
         ]
     }
 }

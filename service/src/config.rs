@@ -28,6 +28,45 @@ pub struct Settings {
     pub mqtt: MqttSettings,
     /// Which releases are accepted.
     pub releases: ReleaseSettings,
+    /// The rollout engine.
+    pub rollouts: RolloutSettings,
+    /// Where events are sent.
+    pub events: EventSettings,
+}
+
+/// `[rollouts]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSettings {
+    /// Whether this replica advances rollouts.
+    pub engine: bool,
+    /// How often, in milliseconds, each running rollout is looked at.
+    pub tick_ms: u64,
+}
+
+/// `[events]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSettings {
+    /// Webhooks every event is POSTed to.
+    pub webhooks: Vec<Webhook>,
+}
+
+/// One webhook.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// The URL events are POSTed to.
+    pub url: String,
+    /// The HMAC-SHA256 key of the signature header.
+    pub secret: SecretString,
+}
+
+impl Webhook {
+    /// The secret, for signing.
+    pub fn secret_str(&self) -> &str {
+        self.secret.expose_secret()
+    }
 }
 
 /// `[mqtt]`

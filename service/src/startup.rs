@@ -16,6 +16,7 @@ use crate::config::Settings;
 use crate::db;
 use crate::mqtt::bridge::Bridge;
 use crate::releases::Trust;
+use crate::rollouts::engine::Engine;
 use crate::storage::Storage;
 
 /// A service ready to serve.
@@ -123,11 +124,32 @@ impl Application {
         &self.state.db
     }
 
+    /// The rollout engine over this service's database, broker and store.
+    pub fn engine(&self) -> Engine {
+        Engine::new(
+            self.state.db.clone(),
+            self.state.mqtt.clone(),
+            self.state.storage.clone(),
+            std::time::Duration::from_millis(self.state.settings.rollouts.tick_ms),
+        )
+    }
+
     /// Serves until `shutdown` resolves, then finishes in-flight requests.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
+        let settings = &self.state.settings;
+        let mut background = Vec::new();
+        if settings.rollouts.engine {
+            background.push(tokio::spawn(self.engine().run()));
+        }
+        background.push(tokio::spawn(crate::events::deliver_forever(
+            self.state.db.clone(),
+            settings.events.webhooks.clone(),
+            std::time::Duration::from_secs(1),
+        )));
+        let _stop = AbortOnDrop(background);
         axum::serve(self.listener, api::router(self.state))
             .with_graceful_shutdown(shutdown)
             .await
@@ -151,4 +173,15 @@ fn load_trust(settings: &Settings) -> Result<Option<Trust>> {
         );
     }
     Ok(Some(Trust { keys, threshold }))
+}
+
+/// Stops the background tasks when serving ends.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }

@@ -46,6 +46,8 @@ pub struct AppState {
         v1::groups::create, v1::groups::list, v1::groups::show, v1::groups::delete, v1::groups::devices,
         v1::groups::add_members, v1::groups::remove_member,
         v1::jobs::create, v1::jobs::execution,
+        v1::rollouts::create, v1::rollouts::list, v1::rollouts::show, v1::rollouts::pause,
+        v1::rollouts::resume, v1::rollouts::cancel, v1::rollouts::approve,
         v1::releases::upload, v1::releases::list, v1::releases::show, v1::releases::download,
         v1::releases::object,
         v1::tokens::create,
@@ -86,6 +88,27 @@ pub fn router(state: AppState) -> Router {
             get(v1::devices::shadow).patch(v1::devices::set_desired),
         )
         .route("/v1/jobs", axum::routing::post(v1::jobs::create))
+        .route(
+            "/v1/rollouts",
+            get(v1::rollouts::list).post(v1::rollouts::create),
+        )
+        .route("/v1/rollouts/{id}", get(v1::rollouts::show))
+        .route(
+            "/v1/rollouts/{id}/pause",
+            axum::routing::post(v1::rollouts::pause),
+        )
+        .route(
+            "/v1/rollouts/{id}/resume",
+            axum::routing::post(v1::rollouts::resume),
+        )
+        .route(
+            "/v1/rollouts/{id}/cancel",
+            axum::routing::post(v1::rollouts::cancel),
+        )
+        .route(
+            "/v1/rollouts/{id}/approve",
+            axum::routing::post(v1::rollouts::approve),
+        )
         .route(
             "/v1/jobs/{id}/executions/{device}",
             get(v1::jobs::execution),

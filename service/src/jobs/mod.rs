@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::audit::{self, Actor, Event};
 use crate::registry::entities::{devices, execution_history, job_executions, jobs, releases};
+use crate::rollouts::ledger::{self, Counter};
 use crate::storage::Storage;
 
 /// Why a job operation failed.
@@ -56,6 +57,15 @@ pub enum Refused {
     /// out-of-order redelivery).
     #[error("not further along than the stored progress")]
     Stale,
+    /// SUCCEEDED reported while `reported.firmware.version` is not the release's: success
+    /// means the new image booted and committed, never just downloaded.
+    #[error("SUCCEEDED reported, but the device runs {installed:?}, not the release's {release}")]
+    NotInstalled {
+        /// What the device reports it runs.
+        installed: Option<String>,
+        /// The release's version.
+        release: String,
+    },
 }
 
 /// A transition a device (or the service) asks for.
@@ -163,6 +173,9 @@ pub async fn create_for_device(
         queued_at: now,
         started_at: None,
         updated_at: now,
+        rollout_id: None,
+        wave: None,
+        retry_at: None,
     };
     job_executions::Entity::insert(job_executions::ActiveModel::from(execution.clone()))
         .exec_without_returning(&txn)
@@ -182,7 +195,7 @@ pub async fn create_for_device(
     Ok(job.into())
 }
 
-async fn record_history(
+pub(crate) async fn record_history(
     txn: &impl ConnectionTrait,
     execution: &job_executions::Model,
     from: Option<&str>,
@@ -247,6 +260,19 @@ pub async fn transition(
             return Ok(Err(Refused::Stale));
         }
     }
+    let dev = devices::Entity::find_by_id(device.as_str().to_owned())
+        .one(txn)
+        .await?
+        .ok_or_else(|| DbErr::Custom(format!("device {device} vanished")))?;
+    if change.to == ExecutionState::Succeeded {
+        let release = release_version(txn, job).await?;
+        if dev.firmware_version.as_deref() != Some(release.as_str()) {
+            return Ok(Err(Refused::NotInstalled {
+                installed: dev.firmware_version.clone(),
+                release,
+            }));
+        }
+    }
     let now = crate::db::now();
     let mut next = current.clone();
     next.state = change.to.as_str().to_owned();
@@ -259,15 +285,129 @@ pub async fn transition(
     if from == ExecutionState::Queued && change.to == ExecutionState::InProgress {
         next.started_at = Some(now);
     }
+    ledger::book(txn, from, &mut next, now).await?;
+    write(txn, &current, &next, &dev).await?;
+    Ok(Ok(next))
+}
+
+/// The service ends an execution itself (`TIMED_OUT` past the in-progress timeout), through
+/// the same books as a device's report. Refused when the execution moved on meanwhile.
+pub async fn end_by_service(
+    txn: &impl ConnectionTrait,
+    current: &job_executions::Model,
+    to: ExecutionState,
+    error: (&str, String),
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Result<job_executions::Model, Refused>, DbErr> {
+    let current = &locked(txn, current).await?;
+    let from = ExecutionState::parse(&current.state).ok_or_else(|| {
+        DbErr::Custom(format!(
+            "stored execution state {:?} is unknown",
+            current.state
+        ))
+    })?;
+    if !from.can_become(to) {
+        return Ok(Err(Refused::Illegal { from, to }));
+    }
+    let mut next = current.clone();
+    next.state = to.as_str().to_owned();
+    next.error_code = Some(error.0.to_owned());
+    next.error_message = Some(error.1);
+    next.version += 1;
+    next.updated_at = now;
+    ledger::book(txn, from, &mut next, now).await?;
+    let dev = device_of(txn, &current.device_id).await?;
+    write(txn, current, &next, &dev).await?;
+    Ok(Ok(next))
+}
+
+/// Queues a failed execution again for its next attempt (a new execution number), moving
+/// it from its wave's `retrying` counter to `queued`.
+pub async fn requeue(
+    txn: &impl ConnectionTrait,
+    current: &job_executions::Model,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<job_executions::Model>, DbErr> {
+    let current = &locked(txn, current).await?;
+    if current.retry_at.is_none_or(|at| at > now) {
+        // A concurrent cancel ended the wait meanwhile.
+        return Ok(None);
+    }
+    let mut next = current.clone();
+    next.state = ExecutionState::Queued.as_str().to_owned();
+    next.execution_number += 1;
+    next.version += 1;
+    next.step = None;
+    next.progress = None;
+    next.error_code = None;
+    next.error_message = None;
+    next.queued_at = now;
+    next.started_at = None;
+    next.updated_at = now;
+    next.retry_at = None;
+    if let (Some(rollout), Some(wave)) = (&next.rollout_id, next.wave) {
+        ledger::shift(
+            txn,
+            rollout,
+            wave,
+            Some(Counter::Retrying),
+            Some(Counter::State(ExecutionState::Queued)),
+            1,
+        )
+        .await?;
+    }
+    let dev = device_of(txn, &current.device_id).await?;
+    write(txn, current, &next, &dev).await?;
+    Ok(Some(next))
+}
+
+/// `execution` read again under a row lock, so a concurrent report is seen, not overwritten.
+async fn locked(
+    txn: &impl ConnectionTrait,
+    execution: &job_executions::Model,
+) -> Result<job_executions::Model, DbErr> {
+    job_executions::Entity::find_by_id((execution.job_id.clone(), execution.device_id.clone()))
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or_else(|| {
+            DbErr::RecordNotFound(format!(
+                "execution {}/{}",
+                execution.job_id, execution.device_id
+            ))
+        })
+}
+
+async fn device_of(txn: &impl ConnectionTrait, id: &str) -> Result<devices::Model, DbErr> {
+    devices::Entity::find_by_id(id.to_owned())
+        .one(txn)
+        .await?
+        .ok_or_else(|| DbErr::Custom(format!("device {id} vanished")))
+}
+
+async fn release_version(txn: &impl ConnectionTrait, job: &str) -> Result<String, DbErr> {
+    let job = jobs::Entity::find_by_id(job.to_owned())
+        .one(txn)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("job {job}")))?;
+    let release = releases::Entity::find_by_id(job.release_id.clone())
+        .one(txn)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("release {}", job.release_id)))?;
+    Ok(release.version)
+}
+
+/// Writes `next` over `current` and appends the transition to the history.
+async fn write(
+    txn: &impl ConnectionTrait,
+    current: &job_executions::Model,
+    next: &job_executions::Model,
+    device: &devices::Model,
+) -> Result<(), DbErr> {
     job_executions::Entity::update(job_executions::ActiveModel::from(next.clone()).reset_all())
         .exec(txn)
         .await?;
-    let dev = devices::Entity::find_by_id(device.as_str().to_owned())
-        .one(txn)
-        .await?
-        .ok_or_else(|| DbErr::Custom(format!("device {device} vanished")))?;
-    record_history(txn, &next, Some(&current.state), &dev).await?;
-    Ok(Ok(next))
+    record_history(txn, next, Some(&current.state), device).await
 }
 
 /// The job document of the device's execution of `job`, with a fresh download URL.
@@ -314,12 +454,25 @@ async fn render(
     storage: &Storage,
     execution: &job_executions::Model,
 ) -> Result<Vec<u8>, Error> {
-    let job = jobs::Entity::find_by_id(execution.job_id.clone())
+    let mut doc = template(db, storage, &execution.job_id).await?;
+    doc.execution_number = u64::try_from(execution.execution_number).unwrap_or(0);
+    doc.state = ExecutionState::parse(&execution.state).unwrap_or(ExecutionState::Queued);
+    Ok(serde_json::to_vec(&doc).expect("a job document serialises"))
+}
+
+/// The document of `job` for a first, queued execution, with a fresh download URL: the
+/// engine sends it to many devices, changing only what differs.
+pub async fn template(
+    db: &impl ConnectionTrait,
+    storage: &Storage,
+    job: &str,
+) -> Result<JobDocument, Error> {
+    let job = jobs::Entity::find_by_id(job.to_owned())
         .one(db)
         .await?
         .ok_or_else(|| Error::NotFound {
             kind: "job",
-            id: execution.job_id.clone(),
+            id: job.to_owned(),
         })?;
     let release = releases::Entity::find_by_id(job.release_id.clone())
         .one(db)
@@ -328,30 +481,34 @@ async fn render(
             kind: "release",
             id: job.release_id.clone(),
         })?;
-    let envelope = format!(
-        r#"{{"manifest":{},"signatures":{}}}"#,
-        release.manifest, release.signatures
-    );
-    let manifest = SignedManifest::parse(envelope.as_bytes()).map_err(|e| {
-        Error::Url(anyhow::anyhow!(
-            "stored manifest of release {} does not parse: {e}",
-            release.id
-        ))
-    })?;
+    let manifest = stored_manifest(&release).map_err(Error::Url)?;
     let url = storage
         .download_url(&release.object_key.as_str().into())
         .await
         .map_err(Error::Url)?;
-    let doc = JobDocument {
+    Ok(JobDocument {
         job: job.id,
         release: release.id,
-        execution_number: u64::try_from(execution.execution_number).unwrap_or(0),
-        state: ExecutionState::parse(&execution.state).unwrap_or(ExecutionState::Queued),
+        execution_number: 1,
+        state: ExecutionState::Queued,
         manifest,
         url: url.url,
         url_expires_at: url.expires_at,
-    };
-    Ok(serde_json::to_vec(&doc).expect("a job document serialises"))
+    })
+}
+
+/// The signed manifest of a stored release, verbatim.
+pub fn stored_manifest(release: &releases::Model) -> anyhow::Result<SignedManifest> {
+    let envelope = format!(
+        r#"{{"manifest":{},"signatures":{}}}"#,
+        release.manifest, release.signatures
+    );
+    SignedManifest::parse(envelope.as_bytes()).map_err(|e| {
+        anyhow::anyhow!(
+            "stored manifest of release {} does not parse: {e}",
+            release.id
+        )
+    })
 }
 
 /// An execution and its transitions, for the API.

@@ -4,7 +4,7 @@
 //! so they follow the same rules as product names.
 
 use fleetwave_artifacts::Product;
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query as SqlQuery};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query as SqlQuery, SimpleExpr};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
@@ -305,8 +305,15 @@ pub async fn devices(
     name: &str,
     page: &MembersQuery,
 ) -> Result<Page<Device>, Error> {
+    let condition = membership(db, name).await?;
+    super::devices::page(db, condition, page.cursor.as_deref(), page.limit).await
+}
+
+/// The SQL condition on `devices` that selects the group's devices now: its members, or the
+/// devices its query matches.
+pub async fn membership(db: &impl ConnectionTrait, name: &str) -> Result<SimpleExpr, Error> {
     let group = get(db, name).await?;
-    let condition = match &group.query {
+    Ok(match &group.query {
         Some(q) => parse_query(q)?.to_sql(db.get_database_backend()),
         None => Expr::col((devices::Entity, devices::Column::Id)).in_subquery(
             SqlQuery::select()
@@ -315,8 +322,7 @@ pub async fn devices(
                 .and_where(Expr::col(group_members::Column::GroupName).eq(name))
                 .to_owned(),
         ),
-    };
-    super::devices::page(db, condition, page.cursor.as_deref(), page.limit).await
+    })
 }
 
 /// How many devices a group holds now.

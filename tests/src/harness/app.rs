@@ -42,6 +42,13 @@ pub struct Options {
     pub s3_public_endpoint: Option<String>,
     /// A database URL to use instead of a fresh test database (the service migrates it).
     pub database_url: Option<String>,
+    /// Run the rollout engine in the background (off: the test ticks `TestApp::engine`
+    /// itself, with a clock of its own).
+    pub engine: bool,
+    /// The engine's tick.
+    pub tick_ms: u64,
+    /// Webhooks for events.
+    pub webhooks: Vec<fleetwave::config::Webhook>,
 }
 
 impl Options {
@@ -55,6 +62,9 @@ impl Options {
             url_expiry_secs: 3600,
             s3_public_endpoint: None,
             database_url: None,
+            engine: false,
+            tick_ms: 50,
+            webhooks: Vec::new(),
         }
     }
 }
@@ -77,6 +87,9 @@ pub struct TestApp {
     pub mqtt: TestMqtt,
     /// The service's MQTT bridge, for publishing as the service does.
     pub bridge: fleetwave::mqtt::bridge::Bridge,
+    /// A rollout engine over the service's database, broker and store (running in the
+    /// background only when `Options::engine` said so).
+    pub engine: fleetwave::rollouts::engine::Engine,
     s3_endpoint: Option<String>,
     _pg: Option<TestDb>,
     _dir: tempfile::TempDir,
@@ -116,6 +129,9 @@ impl TestApp {
         settings.database.url = Some(database_url.clone().into());
         settings.server.listen = "127.0.0.1:0".parse()?;
         settings.storage.url_expiry_secs = options.url_expiry_secs;
+        settings.rollouts.engine = options.engine;
+        settings.rollouts.tick_ms = options.tick_ms;
+        settings.events.webhooks = options.webhooks.clone();
         // The real broker of this run, in a namespace of this test's own.
         let mqtt = TestMqtt::new();
         settings.mqtt.url = Some(format!("mqtt://{}:{}", mqtt.host, mqtt.port).into());
@@ -160,6 +176,7 @@ impl TestApp {
         let db = app.db().clone();
         let storage = app.storage().clone();
         let bridge = app.mqtt().clone();
+        let engine = app.engine();
         let server = tokio::spawn(async move {
             let _ = app.run_until(std::future::pending()).await;
         });
@@ -172,6 +189,7 @@ impl TestApp {
             storage,
             mqtt,
             bridge,
+            engine,
             s3_endpoint: options.s3.as_ref().map(|b| b.server.endpoint.clone()),
             _pg: pg,
             _dir: dir,

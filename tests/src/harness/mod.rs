@@ -4,6 +4,7 @@ pub mod app;
 pub mod bin;
 pub mod device;
 pub mod env;
+pub mod fleet;
 pub mod mqtt;
 pub mod own_postgres;
 pub mod postgres;

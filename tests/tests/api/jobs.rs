@@ -4,7 +4,7 @@
 //! legal transitions only, each recorded once.
 
 use fleetwave::jobs::{self, Change, Refused};
-use fleetwave::registry::entities::job_executions;
+use fleetwave::registry::entities::{devices, job_executions};
 use fleetwave_artifacts::protocol::jobs::{ExecutionState, JobDocument, Step};
 use fleetwave_artifacts::{DeviceId, SecretKey};
 use fleetwave_tests::harness::app::{Backend, Options, TestApp};
@@ -123,7 +123,17 @@ async fn a_targeted_job_runs_through_its_states_on_reports() {
     d.report(ota("IN_PROGRESS", Some("downloading"), 10)).await;
     d.report(ota("IN_PROGRESS", Some("verifying"), 0)).await;
     d.report(ota("IN_PROGRESS", Some("downloading"), 90)).await;
+    // SUCCEEDED counts only with the release's version running (booted and committed).
     d.report(ota("SUCCEEDED", None, 100)).await;
+    d.send(
+        "shadow/update",
+        json!({"state": {"reported": {
+            "firmware": {"version": "3.0.0", "slot": "b"},
+            "ota": ota("SUCCEEDED", None, 100),
+        }}}),
+    )
+    .await;
+    d.expect("shadow/update/accepted").await;
     d.report(json!({"job": job_id, "state": "FAILED", "error": {"code": "x", "message": "late"}}))
         .await;
 
@@ -194,6 +204,15 @@ async fn every_transition_follows_the_table() {
         .await;
     let job = job["id"].as_str().unwrap();
     let device = DeviceId::parse("pi-9").unwrap();
+    // The device runs the release, so SUCCEEDED is judged by the table alone.
+    let mut running: devices::ActiveModel = devices::Entity::find_by_id("pi-9".to_owned())
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap()
+        .into();
+    running.firmware_version = Set(Some("1.0.0".to_owned()));
+    running.update(&app.db).await.unwrap();
     for from in ExecutionState::ALL {
         for to in ExecutionState::ALL {
             let row = job_executions::Entity::find_by_id((job.to_owned(), "pi-9".to_owned()))

@@ -11,6 +11,7 @@ mod notices;
 mod outage;
 mod releases;
 mod replicas;
+mod rollouts;
 mod serve;
 mod shadows;
 

@@ -5,4 +5,5 @@ pub mod devices;
 pub mod groups;
 pub mod jobs;
 pub mod releases;
+pub mod rollouts;
 pub mod tokens;

@@ -36,6 +36,12 @@ pub struct Model {
     pub started_at: Option<DateTimeUtc>,
     /// Last change.
     pub updated_at: DateTimeUtc,
+    /// The rollout it belongs to, if any.
+    pub rollout_id: Option<String>,
+    /// Its wave in that rollout.
+    pub wave: Option<i32>,
+    /// When a failed execution is queued again (while it waits for its retry).
+    pub retry_at: Option<DateTimeUtc>,
 }
 
 /// No relations are navigated through sea-orm.

@@ -1,0 +1,968 @@
+//! The rollout engine: the IO loop around [`super::plan`]. Every tick it takes each due
+//! rollout in its own transaction, holding the rollout's row (`FOR UPDATE SKIP LOCKED` on
+//! PostgreSQL, so replicas never step the same rollout at once), and there: times out stuck
+//! devices, queues due retries, takes in devices that joined the target, queues the current
+//! wave's devices in bulk within the maintenance window and the rate limit (checking each
+//! one's compatibility first), then lets [`plan::decide`] start, advance, halt or complete
+//! it. Messages to devices go out only after the commit; what a crash between the commit
+//! and the publish loses is redone on the next tick (notices) or asked for by the device
+//! (`start-next`). A replica killed mid-step rolls its transaction back: nothing is lost and
+//! nothing queued twice.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use fleetwave_artifacts::protocol::bucket::bucket;
+use fleetwave_artifacts::protocol::jobs::{ExecutionState, WaveNotice};
+use fleetwave_artifacts::rules;
+use fleetwave_artifacts::{DeviceId, Manifest, Timestamp};
+use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query as SqlQuery};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend,
+    DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement, TransactionTrait,
+};
+
+use super::ledger::{self, Counter};
+use super::plan::{self, Decision, Situation, State, WaveView};
+use super::spec::{NewRollout, Target};
+use crate::audit::{self, Actor};
+use crate::events;
+use crate::jobs;
+use crate::mqtt::bridge::Bridge;
+use crate::registry::entities::{
+    devices, execution_history, groups, job_executions, releases, rollout_targets, rollout_waves,
+    rollouts,
+};
+use crate::storage::Storage;
+
+/// Rows written per statement in bulk inserts.
+const CHUNK: usize = 1000;
+/// Devices looked at per query when queueing, timing out or retrying.
+const BATCH: u64 = 5000;
+
+/// Target statuses.
+pub(crate) mod status {
+    /// Not queued yet.
+    pub const PENDING: &str = "pending";
+    /// Has an execution.
+    pub const QUEUED: &str = "queued";
+    /// Cannot take the release.
+    pub const INCOMPATIBLE: &str = "incompatible";
+    /// In the target but beyond the last wave's size.
+    pub const OUTSIDE: &str = "outside";
+}
+
+/// Advances rollouts.
+#[derive(Clone)]
+pub struct Engine {
+    db: DatabaseConnection,
+    bridge: Bridge,
+    storage: Storage,
+    every: Duration,
+}
+
+/// What to tell devices once a step has committed.
+#[derive(Default)]
+struct Outbox {
+    /// Devices queued in this step (with their bucket and execution number).
+    queued: Vec<(String, u16, i64)>,
+    /// Publish the retained notice of this wave.
+    notice: Option<(String, i32, u16)>,
+    /// Clear the retained notice of this group.
+    clear: Option<String>,
+}
+
+impl Engine {
+    /// An engine over `db` that reaches devices through `bridge`, looking at each running
+    /// rollout every `every`.
+    pub fn new(db: DatabaseConnection, bridge: Bridge, storage: Storage, every: Duration) -> Self {
+        Engine {
+            db,
+            bridge,
+            storage,
+            every: every.max(Duration::from_millis(1)),
+        }
+    }
+
+    /// Ticks until the process ends.
+    pub async fn run(self) {
+        loop {
+            if let Err(e) = self.tick(Utc::now()).await {
+                tracing::warn!(error.cause_chain = ?e, "rollout engine tick failed; retrying");
+            }
+            tokio::time::sleep(self.every).await;
+        }
+    }
+
+    /// Steps every rollout due at `now` once; returns how many it stepped.
+    pub async fn tick(&self, now: DateTime<Utc>) -> Result<usize> {
+        let mut stepped = 0;
+        while self.step_one(now).await? {
+            stepped += 1;
+        }
+        Ok(stepped)
+    }
+
+    /// Steps one due rollout that no other replica holds; false when there is none.
+    async fn step_one(&self, now: DateTime<Utc>) -> Result<bool> {
+        let txn = self.db.begin().await?;
+        let mut query = rollouts::Entity::find()
+            .filter(
+                sea_orm::Condition::any()
+                    .add(
+                        rollouts::Column::State
+                            .is_in([State::Scheduled.as_str(), State::Running.as_str()]),
+                    )
+                    .add(rollouts::Column::NoticeWave.is_not_null()),
+            )
+            .filter(rollouts::Column::NextTickAt.lte(now))
+            .order_by_asc(rollouts::Column::NextTickAt)
+            .limit(1);
+        if txn.get_database_backend() == DatabaseBackend::Postgres {
+            query = query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        }
+        let Some(mut row) = query.one(&txn).await? else {
+            txn.commit().await?;
+            return Ok(false);
+        };
+        let mut out = Outbox::default();
+        self.step(&txn, &mut row, now, &mut out)
+            .await
+            .with_context(|| format!("stepping rollout {}", row.id))?;
+        row.next_tick_at = now + chrono::Duration::from_std(self.every).unwrap_or_default();
+        rollouts::Entity::update(rollouts::ActiveModel::from(row.clone()).reset_all())
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        self.send(&row, out).await?;
+        Ok(true)
+    }
+
+    async fn step(
+        &self,
+        txn: &DatabaseTransaction,
+        row: &mut rollouts::Model,
+        now: DateTime<Utc>,
+        out: &mut Outbox,
+    ) -> Result<()> {
+        let spec: NewRollout =
+            serde_json::from_str(&row.spec).context("the stored rollout request")?;
+        let state: State = row.state.parse().map_err(anyhow::Error::msg)?;
+        let group = match &spec.target {
+            Target::Group(name) => groups::Entity::find_by_id(name.clone()).one(txn).await?,
+            Target::Devices(_) => None,
+        };
+        let static_group = group
+            .as_ref()
+            .filter(|g| g.query.is_none())
+            .map(|g| g.name.clone());
+        if state.is_final() || state == State::Paused {
+            if row.notice_wave.is_some() {
+                out.clear = static_group;
+            }
+            return Ok(());
+        }
+        let release = releases::Entity::find_by_id(row.release_id.clone())
+            .one(txn)
+            .await?
+            .context("the rollout's release is gone")?;
+        let manifest = jobs::stored_manifest(&release)?;
+        let manifest = manifest.manifest();
+        if state == State::Running {
+            if Timestamp::from_unix(u64::try_from(now.timestamp()).unwrap_or(0))
+                >= manifest.expires_at
+            {
+                let reason = format!("the release's manifest expired at {}", manifest.expires_at);
+                self.finish(txn, row, State::Halted, Some(reason), now)
+                    .await?;
+                out.clear = static_group.filter(|_| row.notice_wave.is_some());
+                return Ok(());
+            }
+            self.time_out(txn, row, &spec, now).await?;
+            self.retry_due(txn, row, now, out).await?;
+            if group.is_some() {
+                self.take_in_joiners(txn, row, &spec, now).await?;
+            }
+            self.queue(txn, row, &spec, manifest, now, out).await?;
+        }
+        for _ in 0..4 {
+            let waves = load_waves(txn, &row.id).await?;
+            let views: Vec<WaveView> = waves
+                .iter()
+                .enumerate()
+                .map(|(i, w)| WaveView {
+                    counts: counts(w),
+                    threshold_met_at: w.threshold_met_at,
+                    approved: !spec.waves[i].approval || w.approved_at.is_some(),
+                })
+                .collect();
+            let state: State = row.state.parse().map_err(anyhow::Error::msg)?;
+            let current = usize::try_from(row.current_wave).unwrap_or(0);
+            let pending = if state == State::Running {
+                pending(txn, &row.id, row.current_wave).await?
+            } else {
+                0
+            };
+            let decision = plan::decide(&Situation {
+                spec: &spec,
+                state,
+                current,
+                waves: &views,
+                pending,
+                now,
+            });
+            match decision {
+                Decision::Wait => break,
+                Decision::Start => {
+                    self.start(txn, row, &spec, now).await?;
+                    self.queue(txn, row, &spec, manifest, now, out).await?;
+                }
+                Decision::ThresholdMet => {
+                    rollout_waves::Entity::update_many()
+                        .col_expr(rollout_waves::Column::ThresholdMetAt, Expr::value(now))
+                        .filter(rollout_waves::Column::RolloutId.eq(&row.id))
+                        .filter(rollout_waves::Column::Wave.eq(row.current_wave))
+                        .exec(txn)
+                        .await?;
+                }
+                Decision::Advance { to } => {
+                    let to = i32::try_from(to).unwrap_or(i32::MAX);
+                    row.current_wave = to;
+                    row.state_reason = None;
+                    mark_started(txn, &row.id, to, now).await?;
+                    audit::append(
+                        txn,
+                        &Actor::system(),
+                        audit::Event {
+                            action: "rollout.advance",
+                            subject: format!("rollout:{}", row.id),
+                            details: serde_json::json!({"wave": to + 1}),
+                        },
+                    )
+                    .await?;
+                    self.queue(txn, row, &spec, manifest, now, out).await?;
+                }
+                Decision::AwaitApproval { wave } => {
+                    row.state_reason = Some(format!("awaiting approval of wave {}", wave + 1));
+                    break;
+                }
+                Decision::Halt { reason, .. } => {
+                    self.finish(txn, row, State::Halted, Some(reason), now)
+                        .await?;
+                    break;
+                }
+                Decision::End => {
+                    let reason = "its end time passed before it finished".to_owned();
+                    self.finish(txn, row, State::Canceled, Some(reason), now)
+                        .await?;
+                    break;
+                }
+                Decision::Complete => {
+                    self.finish(txn, row, State::Completed, None, now).await?;
+                    break;
+                }
+            }
+        }
+        let state: State = row.state.parse().map_err(anyhow::Error::msg)?;
+        if state == State::Running {
+            if let Some(group) = static_group {
+                if row.notice_wave != Some(row.current_wave)
+                    && pending(txn, &row.id, row.current_wave).await? == 0
+                {
+                    let threshold = load_waves(txn, &row.id)
+                        .await?
+                        .get(usize::try_from(row.current_wave).unwrap_or(0))
+                        .map_or(0, |w| u16::try_from(w.threshold).unwrap_or(0));
+                    out.notice = Some((group, row.current_wave, threshold));
+                }
+            }
+        } else if row.notice_wave.is_some() {
+            out.clear = static_group;
+        }
+        Ok(())
+    }
+
+    /// Snapshots the target: every device's bucket, cut into waves.
+    async fn start(
+        &self,
+        txn: &DatabaseTransaction,
+        row: &mut rollouts::Model,
+        spec: &NewRollout,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let ids = target_devices(txn, &row.id, spec, false).await?;
+        let mut members: Vec<(u16, String)> = ids
+            .into_iter()
+            .filter_map(|id| {
+                let device = DeviceId::parse(&id).ok()?;
+                Some((bucket(&device, &row.id), id))
+            })
+            .collect();
+        members.sort_unstable();
+        let buckets: Vec<u16> = members.iter().map(|m| m.0).collect();
+        let sizes: Vec<_> = spec.waves.iter().map(|w| w.size).collect();
+        let cuts = plan::cut_waves(&buckets, &sizes);
+        let covered = cuts.last().map_or(0, |c| c.cumulative);
+        let mut rows = Vec::with_capacity(members.len());
+        let mut wave = 0;
+        for (position, (b, id)) in members.into_iter().enumerate() {
+            while wave < cuts.len() && position >= cuts[wave].cumulative {
+                wave += 1;
+            }
+            let inside = position < covered;
+            rows.push(rollout_targets::ActiveModel {
+                rollout_id: Set(row.id.clone()),
+                device_id: Set(id),
+                bucket: Set(i32::from(b)),
+                wave: Set(i32::try_from(wave).unwrap_or(i32::MAX)),
+                status: Set(if inside {
+                    status::PENDING
+                } else {
+                    status::OUTSIDE
+                }
+                .to_owned()),
+                reason: Set(None),
+                detail: Set(None),
+            });
+        }
+        for chunk in rows.chunks(CHUNK) {
+            rollout_targets::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(txn)
+                .await?;
+        }
+        let mut previous = 0;
+        for (i, cut) in cuts.iter().enumerate() {
+            rollout_waves::Entity::update_many()
+                .col_expr(
+                    rollout_waves::Column::Planned,
+                    Expr::value(i64::try_from(cut.cumulative - previous).unwrap_or(0)),
+                )
+                .col_expr(
+                    rollout_waves::Column::Threshold,
+                    Expr::value(i32::from(cut.threshold)),
+                )
+                .filter(rollout_waves::Column::RolloutId.eq(&row.id))
+                .filter(rollout_waves::Column::Wave.eq(i32::try_from(i).unwrap_or(0)))
+                .exec(txn)
+                .await?;
+            previous = cut.cumulative;
+        }
+        row.state = State::Running.as_str().to_owned();
+        row.state_reason = None;
+        row.current_wave = 0;
+        row.started_at = Some(now);
+        mark_started(txn, &row.id, 0, now).await?;
+        audit::append(
+            txn,
+            &Actor::system(),
+            audit::Event {
+                action: "rollout.start",
+                subject: format!("rollout:{}", row.id),
+                details: serde_json::json!({"devices": covered, "waves": cuts.iter().map(|c| c.cumulative).collect::<Vec<_>>()}),
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Devices that joined the target group since the start join the current wave.
+    async fn take_in_joiners(
+        &self,
+        txn: &DatabaseTransaction,
+        row: &rollouts::Model,
+        spec: &NewRollout,
+        _now: DateTime<Utc>,
+    ) -> Result<()> {
+        let joiners = target_devices(txn, &row.id, spec, true).await?;
+        if joiners.is_empty() {
+            return Ok(());
+        }
+        let n = joiners.len();
+        let rows: Vec<_> = joiners
+            .into_iter()
+            .filter_map(|id| {
+                let device = DeviceId::parse(&id).ok()?;
+                Some(rollout_targets::ActiveModel {
+                    rollout_id: Set(row.id.clone()),
+                    bucket: Set(i32::from(bucket(&device, &row.id))),
+                    device_id: Set(id),
+                    wave: Set(row.current_wave),
+                    status: Set(status::PENDING.to_owned()),
+                    reason: Set(None),
+                    detail: Set(None),
+                })
+            })
+            .collect();
+        for chunk in rows.chunks(CHUNK) {
+            rollout_targets::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(txn)
+                .await?;
+        }
+        rollout_waves::Entity::update_many()
+            .col_expr(
+                rollout_waves::Column::Planned,
+                Expr::col(rollout_waves::Column::Planned).add(i64::try_from(n).unwrap_or(0)),
+            )
+            .filter(rollout_waves::Column::RolloutId.eq(&row.id))
+            .filter(rollout_waves::Column::Wave.eq(row.current_wave))
+            .exec(txn)
+            .await?;
+        tracing::info!(rollout.id = %row.id, devices = n, wave = row.current_wave + 1, "devices joined the target");
+        Ok(())
+    }
+
+    /// Queues pending devices of the current and earlier waves, in bucket order, as far as
+    /// the maintenance window and the rate limit allow.
+    async fn queue(
+        &self,
+        txn: &DatabaseTransaction,
+        row: &mut rollouts::Model,
+        spec: &NewRollout,
+        manifest: &Manifest,
+        now: DateTime<Utc>,
+        out: &mut Outbox,
+    ) -> Result<()> {
+        if row.state != State::Running.as_str() {
+            return Ok(());
+        }
+        if let Some(window) = &spec.maintenance_window {
+            let schedule = plan::WindowSchedule::parse(window).map_err(anyhow::Error::msg)?;
+            if !schedule.is_open(now) {
+                return Ok(());
+            }
+        }
+        let mut allowance = u64::MAX;
+        if let Some(rate) = spec.rate_per_minute {
+            let tokens = plan::refill(rate, row.rate_tokens, row.rate_at, now);
+            row.rate_tokens = tokens;
+            row.rate_at = Some(now);
+            allowance = tokens.floor().max(0.0) as u64;
+        }
+        let today = Timestamp::from_unix(u64::try_from(now.timestamp()).unwrap_or(0));
+        while allowance > 0 {
+            let batch = rollout_targets::Entity::find()
+                .filter(rollout_targets::Column::RolloutId.eq(&row.id))
+                .filter(rollout_targets::Column::Status.eq(status::PENDING))
+                .filter(rollout_targets::Column::Wave.lte(row.current_wave))
+                .order_by_asc(rollout_targets::Column::Wave)
+                .order_by_asc(rollout_targets::Column::Bucket)
+                .order_by_asc(rollout_targets::Column::DeviceId)
+                .limit(Ord::min(allowance, BATCH))
+                .all(txn)
+                .await?;
+            if batch.is_empty() {
+                break;
+            }
+            let ids: Vec<String> = batch.iter().map(|t| t.device_id.clone()).collect();
+            let mut found: BTreeMap<String, devices::Model> = BTreeMap::new();
+            for chunk in ids.chunks(CHUNK) {
+                for d in devices::Entity::find()
+                    .filter(devices::Column::Id.is_in(chunk.iter().cloned()))
+                    .all(txn)
+                    .await?
+                {
+                    found.insert(d.id.clone(), d);
+                }
+            }
+            let mut executions = Vec::new();
+            let mut history = Vec::new();
+            let mut queued_ids = Vec::new();
+            let mut per_wave: BTreeMap<i32, i64> = BTreeMap::new();
+            for target in &batch {
+                let verdict = match found.get(&target.device_id) {
+                    None => Err((
+                        "device_deleted".to_owned(),
+                        "the device was deleted".to_owned(),
+                    )),
+                    Some(d) => {
+                        let installed = d
+                            .firmware_version
+                            .as_deref()
+                            .and_then(|v| semver::Version::parse(v).ok());
+                        rules::check_manifest(
+                            manifest,
+                            rules::Device {
+                                hardware: &d.hardware,
+                                installed: installed.as_ref(),
+                                security_floor: None,
+                            },
+                            rules::Request {
+                                now: today,
+                                force: false,
+                            },
+                        )
+                        .map_err(|e| (e.code().to_owned(), e.to_string()))
+                    }
+                };
+                match verdict {
+                    Err((code, detail)) => {
+                        rollout_targets::Entity::update_many()
+                            .col_expr(
+                                rollout_targets::Column::Status,
+                                Expr::value(status::INCOMPATIBLE),
+                            )
+                            .col_expr(rollout_targets::Column::Reason, Expr::value(code))
+                            .col_expr(rollout_targets::Column::Detail, Expr::value(detail))
+                            .filter(rollout_targets::Column::RolloutId.eq(&row.id))
+                            .filter(rollout_targets::Column::DeviceId.eq(&target.device_id))
+                            .exec(txn)
+                            .await?;
+                        ledger::shift(
+                            txn,
+                            &row.id,
+                            target.wave,
+                            None,
+                            Some(Counter::Incompatible),
+                            1,
+                        )
+                        .await?;
+                    }
+                    Ok(()) => {
+                        let device = &found[&target.device_id];
+                        executions.push(job_executions::ActiveModel {
+                            job_id: Set(row.job_id.clone()),
+                            device_id: Set(target.device_id.clone()),
+                            execution_number: Set(1),
+                            version: Set(1),
+                            state: Set(ExecutionState::Queued.as_str().to_owned()),
+                            step: Set(None),
+                            progress: Set(None),
+                            error_code: Set(None),
+                            error_message: Set(None),
+                            queued_at: Set(now),
+                            started_at: Set(None),
+                            updated_at: Set(now),
+                            rollout_id: Set(Some(row.id.clone())),
+                            wave: Set(Some(target.wave)),
+                            retry_at: Set(None),
+                        });
+                        history.push(execution_history::ActiveModel {
+                            id: sea_orm::ActiveValue::NotSet,
+                            job_id: Set(row.job_id.clone()),
+                            device_id: Set(target.device_id.clone()),
+                            execution_number: Set(1),
+                            from_state: Set(None),
+                            to_state: Set(ExecutionState::Queued.as_str().to_owned()),
+                            step: Set(None),
+                            progress: Set(None),
+                            error_code: Set(None),
+                            hardware: Set(device.hardware.clone()),
+                            firmware_version: Set(device.firmware_version.clone()),
+                            at: Set(now),
+                        });
+                        queued_ids.push(target.device_id.clone());
+                        *per_wave.entry(target.wave).or_default() += 1;
+                        out.queued.push((
+                            target.device_id.clone(),
+                            u16::try_from(target.bucket).unwrap_or(u16::MAX),
+                            1,
+                        ));
+                    }
+                }
+            }
+            for chunk in executions.chunks(CHUNK) {
+                job_executions::Entity::insert_many(chunk.to_vec())
+                    .exec_without_returning(txn)
+                    .await?;
+            }
+            for chunk in history.chunks(CHUNK) {
+                execution_history::Entity::insert_many(chunk.to_vec())
+                    .exec_without_returning(txn)
+                    .await?;
+            }
+            for chunk in queued_ids.chunks(CHUNK) {
+                rollout_targets::Entity::update_many()
+                    .col_expr(rollout_targets::Column::Status, Expr::value(status::QUEUED))
+                    .filter(rollout_targets::Column::RolloutId.eq(&row.id))
+                    .filter(rollout_targets::Column::DeviceId.is_in(chunk.iter().cloned()))
+                    .exec(txn)
+                    .await?;
+            }
+            for (wave, n) in per_wave {
+                ledger::shift(
+                    txn,
+                    &row.id,
+                    wave,
+                    None,
+                    Some(Counter::State(ExecutionState::Queued)),
+                    n,
+                )
+                .await?;
+            }
+            let queued = queued_ids.len() as u64;
+            allowance = allowance.saturating_sub(batch.len() as u64);
+            if spec.rate_per_minute.is_some() {
+                row.rate_tokens -= queued as f64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Devices IN_PROGRESS for longer than the timeout become TIMED_OUT.
+    async fn time_out(
+        &self,
+        txn: &DatabaseTransaction,
+        row: &rollouts::Model,
+        spec: &NewRollout,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let limit = chrono::Duration::seconds(
+            i64::try_from(spec.in_progress_timeout_secs).unwrap_or(i64::MAX / 2),
+        );
+        let stuck = job_executions::Entity::find()
+            .filter(job_executions::Column::JobId.eq(&row.job_id))
+            .filter(job_executions::Column::State.eq(ExecutionState::InProgress.as_str()))
+            .filter(job_executions::Column::StartedAt.lt(now - limit))
+            .limit(BATCH)
+            .all(txn)
+            .await?;
+        for execution in stuck {
+            let message = format!(
+                "no result within the in-progress timeout of {} s",
+                spec.in_progress_timeout_secs
+            );
+            if let Err(refused) = jobs::end_by_service(
+                txn,
+                &execution,
+                ExecutionState::TimedOut,
+                ("timed_out", message),
+                now,
+            )
+            .await?
+            {
+                tracing::warn!(device.id = %execution.device_id, reason = %refused, "could not time out");
+            }
+        }
+        Ok(())
+    }
+
+    /// Failed executions whose retry time has come are queued again.
+    async fn retry_due(
+        &self,
+        txn: &DatabaseTransaction,
+        row: &rollouts::Model,
+        now: DateTime<Utc>,
+        out: &mut Outbox,
+    ) -> Result<()> {
+        let due = job_executions::Entity::find()
+            .filter(job_executions::Column::JobId.eq(&row.job_id))
+            .filter(job_executions::Column::RetryAt.lte(now))
+            .limit(BATCH)
+            .all(txn)
+            .await?;
+        for execution in due {
+            if let Some(next) = jobs::requeue(txn, &execution, now).await? {
+                out.queued
+                    .push((next.device_id.clone(), u16::MAX, next.execution_number));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the rollout in `to`; a halt or cancel cancels what is still queued and every
+    /// retry still waiting.
+    async fn finish(
+        &self,
+        txn: &DatabaseTransaction,
+        row: &mut rollouts::Model,
+        to: State,
+        reason: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        finish(txn, row, to, reason, &Actor::system(), now).await
+    }
+
+    /// Sends what a committed step decided.
+    async fn send(&self, row: &rollouts::Model, out: Outbox) -> Result<()> {
+        if let Some(group) = out.clear {
+            self.bridge.clear_notice(&group).await?;
+            rollouts::Entity::update_many()
+                .col_expr(
+                    rollouts::Column::NoticeWave,
+                    Expr::value(Option::<i32>::None),
+                )
+                .filter(rollouts::Column::Id.eq(&row.id))
+                .filter(rollouts::Column::State.ne(State::Running.as_str()))
+                .exec(&self.db)
+                .await?;
+            tracing::info!(rollout.id = %row.id, group = %group, "wave notice cleared");
+        }
+        if out.notice.is_none() && out.queued.is_empty() {
+            return Ok(());
+        }
+        let template = jobs::template(&self.db, &self.storage, &row.job_id).await?;
+        let mut covered = 0;
+        if let Some((group, wave, threshold)) = &out.notice {
+            let notice = WaveNotice {
+                rollout: row.id.clone(),
+                job: row.job_id.clone(),
+                wave: u32::try_from(*wave).unwrap_or(0),
+                threshold: *threshold,
+                release: template.release.clone(),
+                manifest: template.manifest.clone(),
+                url: template.url.clone(),
+                url_expires_at: template.url_expires_at,
+            };
+            self.bridge.publish_notice(group, &notice).await?;
+            rollouts::Entity::update_many()
+                .col_expr(rollouts::Column::NoticeWave, Expr::value(*wave))
+                .filter(rollouts::Column::Id.eq(&row.id))
+                .filter(rollouts::Column::State.eq(State::Running.as_str()))
+                .filter(rollouts::Column::CurrentWave.eq(*wave))
+                .exec(&self.db)
+                .await?;
+            covered = *threshold;
+            tracing::info!(rollout.id = %row.id, group = %group, wave = wave + 1, threshold, "wave notice published");
+        }
+        for (device, b, execution_number) in out.queued {
+            if b < covered && execution_number == 1 {
+                continue;
+            }
+            let Ok(thing) = DeviceId::parse(&device) else {
+                continue;
+            };
+            let mut doc = template.clone();
+            doc.execution_number = u64::try_from(execution_number).unwrap_or(1);
+            self.bridge
+                .notify_next(
+                    &thing,
+                    serde_json::to_vec(&doc).expect("a job document serialises"),
+                )
+                .await;
+        }
+        Ok(())
+    }
+}
+
+/// Ends a rollout in `to` as `actor` decided, inside the caller's transaction: a halt or
+/// cancel cancels what is still queued and every retry still waiting, audits it and records
+/// the event for webhooks.
+pub(crate) async fn finish(
+    txn: &impl ConnectionTrait,
+    row: &mut rollouts::Model,
+    to: State,
+    reason: Option<String>,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    row.state = to.as_str().to_owned();
+    row.state_reason = reason.clone();
+    row.finished_at = Some(now);
+    if matches!(to, State::Halted | State::Canceled) {
+        cancel_outstanding(
+            txn,
+            row,
+            reason.as_deref().unwrap_or("rollout stopped"),
+            now,
+        )
+        .await?;
+    }
+    let (action, kind) = match to {
+        State::Halted => ("rollout.halt", "rollout.halted"),
+        State::Completed => ("rollout.complete", "rollout.completed"),
+        _ => ("rollout.cancel", "rollout.canceled"),
+    };
+    let waves: Vec<serde_json::Value> = load_waves(txn, &row.id)
+        .await?
+        .iter()
+        .map(|w| serde_json::to_value(super::WaveStatus::from(w)).unwrap_or_default())
+        .collect();
+    audit::append(
+        txn,
+        actor,
+        audit::Event {
+            action,
+            subject: format!("rollout:{}", row.id),
+            details: serde_json::json!({"reason": reason}),
+        },
+    )
+    .await?;
+    events::record(
+        txn,
+        kind,
+        Some(&row.id),
+        serde_json::json!({
+            "rollout": row.id, "name": row.name, "release": row.release_id,
+            "state": to, "reason": reason, "wave": row.current_wave + 1, "waves": waves,
+        }),
+    )
+    .await?;
+    tracing::info!(rollout.id = %row.id, state = %to, reason = ?reason, "rollout ended");
+    Ok(())
+}
+
+/// Cancels the job's QUEUED executions and ends every waiting retry as the failure it was.
+async fn cancel_outstanding(
+    txn: &impl ConnectionTrait,
+    row: &rollouts::Model,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let backend = txn.get_database_backend();
+    txn.execute_raw(statement(
+        backend,
+        "INSERT INTO execution_history (job_id, device_id, execution_number, from_state, to_state, \
+         step, progress, error_code, hardware, firmware_version, at) \
+         SELECT e.job_id, e.device_id, e.execution_number, 'QUEUED', 'CANCELED', NULL, NULL, \
+         'rollout_stopped', d.hardware, d.firmware_version, $1 \
+         FROM job_executions e JOIN devices d ON d.id = e.device_id \
+         WHERE e.job_id = $2 AND e.state = 'QUEUED'",
+        vec![now.into(), row.job_id.clone().into()],
+    ))
+    .await?;
+    txn.execute_raw(statement(
+        backend,
+        "UPDATE job_executions SET state = 'CANCELED', version = version + 1, updated_at = $1, \
+         error_code = 'rollout_stopped', error_message = $2 \
+         WHERE job_id = $3 AND state = 'QUEUED'",
+        vec![
+            now.into(),
+            reason.to_owned().into(),
+            row.job_id.clone().into(),
+        ],
+    ))
+    .await?;
+    rollout_waves::Entity::update_many()
+        .col_expr(
+            rollout_waves::Column::Canceled,
+            Expr::col(rollout_waves::Column::Canceled)
+                .add(Expr::col(rollout_waves::Column::Queued)),
+        )
+        .col_expr(rollout_waves::Column::Queued, Expr::value(0i64))
+        .filter(rollout_waves::Column::RolloutId.eq(&row.id))
+        .exec(txn)
+        .await?;
+    let waiting = job_executions::Entity::find()
+        .filter(job_executions::Column::JobId.eq(&row.job_id))
+        .filter(job_executions::Column::RetryAt.is_not_null())
+        .all(txn)
+        .await?;
+    for execution in waiting {
+        let state = ExecutionState::parse(&execution.state).unwrap_or(ExecutionState::Failed);
+        if let Some(wave) = execution.wave {
+            ledger::shift(
+                txn,
+                &row.id,
+                wave,
+                Some(Counter::Retrying),
+                Some(Counter::State(state)),
+                1,
+            )
+            .await?;
+        }
+        job_executions::Entity::update_many()
+            .col_expr(
+                job_executions::Column::RetryAt,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(job_executions::Column::JobId.eq(&execution.job_id))
+            .filter(job_executions::Column::DeviceId.eq(&execution.device_id))
+            .exec(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A raw statement written with `$n` placeholders, for either backend.
+fn statement(backend: DatabaseBackend, sql: &str, values: Vec<sea_orm::Value>) -> Statement {
+    let sql = match backend {
+        DatabaseBackend::Sqlite => sql.replace('$', "?"),
+        _ => sql.to_owned(),
+    };
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+/// The rollout's waves, in order.
+pub(crate) async fn load_waves(
+    db: &impl ConnectionTrait,
+    rollout: &str,
+) -> Result<Vec<rollout_waves::Model>, DbErr> {
+    rollout_waves::Entity::find()
+        .filter(rollout_waves::Column::RolloutId.eq(rollout))
+        .order_by_asc(rollout_waves::Column::Wave)
+        .all(db)
+        .await
+}
+
+fn counts(w: &rollout_waves::Model) -> plan::Counts {
+    plan::Counts {
+        planned: w.planned,
+        queued: w.queued,
+        in_progress: w.in_progress,
+        succeeded: w.succeeded,
+        failed: w.failed,
+        rejected: w.rejected,
+        timed_out: w.timed_out,
+        canceled: w.canceled,
+        removed: w.removed,
+        retrying: w.retrying,
+        incompatible: w.incompatible,
+    }
+}
+
+async fn mark_started(
+    txn: &impl ConnectionTrait,
+    rollout: &str,
+    wave: i32,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    rollout_waves::Entity::update_many()
+        .col_expr(rollout_waves::Column::StartedAt, Expr::value(now))
+        .filter(rollout_waves::Column::RolloutId.eq(rollout))
+        .filter(rollout_waves::Column::Wave.eq(wave))
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
+/// Targets of waves up to `current` not yet queued.
+async fn pending(txn: &impl ConnectionTrait, rollout: &str, current: i32) -> Result<u64, DbErr> {
+    rollout_targets::Entity::find()
+        .filter(rollout_targets::Column::RolloutId.eq(rollout))
+        .filter(rollout_targets::Column::Status.eq(status::PENDING))
+        .filter(rollout_targets::Column::Wave.lte(current))
+        .count(txn)
+        .await
+}
+
+/// The ids of the target's registered devices; with `new_only`, only those not yet among
+/// the rollout's targets.
+async fn target_devices(
+    txn: &impl ConnectionTrait,
+    rollout: &str,
+    spec: &NewRollout,
+    new_only: bool,
+) -> Result<Vec<String>> {
+    let mut query = devices::Entity::find()
+        .select_only()
+        .column(devices::Column::Id);
+    match &spec.target {
+        Target::Group(name) => {
+            let condition = crate::registry::groups::membership(txn, name)
+                .await
+                .with_context(|| format!("reading group {name}"))?;
+            query = query.filter(condition);
+        }
+        Target::Devices(ids) => {
+            if new_only {
+                return Ok(Vec::new());
+            }
+            query = query.filter(devices::Column::Id.is_in(ids.iter().cloned()));
+        }
+    }
+    if new_only {
+        query = query.filter(
+            Expr::col((devices::Entity, devices::Column::Id)).not_in_subquery(
+                SqlQuery::select()
+                    .column(rollout_targets::Column::DeviceId)
+                    .from(rollout_targets::Entity)
+                    .and_where(Expr::col(rollout_targets::Column::RolloutId).eq(rollout.to_owned()))
+                    .to_owned(),
+            ),
+        );
+    }
+    Ok(query.into_tuple::<String>().all(txn).await?)
+}

@@ -1,0 +1,813 @@
+//! The rollout engine against simulated fleets (plain MQTT clients reporting through their
+//! shadows) on the real PostgreSQL and Mosquitto. The engine is ticked by the test with a
+//! clock of its own (real time plus an offset the test moves), so soak times, timeouts,
+//! backoffs and maintenance windows pass in milliseconds.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use fleetwave::registry::entities::{execution_history, job_executions};
+use fleetwave::rollouts::engine::Engine;
+use fleetwave_artifacts::SecretKey;
+use fleetwave_tests::harness::app::{Backend, Options, TestApp};
+use fleetwave_tests::harness::fleet::{Behaviour, Fleet, Member};
+use reqwest::{Method, StatusCode};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::{Value, json};
+
+use crate::releases::{image, manifest, sign, upload};
+
+/// The engine's clock: real time plus an offset the test moves forward.
+struct Clock(Mutex<chrono::Duration>);
+
+impl Clock {
+    fn new() -> Self {
+        Clock(Mutex::new(chrono::Duration::zero()))
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + *self.0.lock().unwrap()
+    }
+
+    fn advance(&self, secs: i64) {
+        *self.0.lock().unwrap() += chrono::Duration::seconds(secs);
+    }
+
+    fn set(&self, at: DateTime<Utc>) {
+        *self.0.lock().unwrap() = at - Utc::now();
+    }
+}
+
+/// How the fleet is targeted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Targeting {
+    /// A static group `fleet` whose members read its notices.
+    StaticGroup,
+    /// A dynamic group `berlin` (`attributes.site = "berlin"`).
+    DynamicGroup,
+    /// A device list.
+    List,
+}
+
+struct Rig {
+    app: TestApp,
+    release: String,
+    fleet: Fleet,
+    ids: Vec<String>,
+    clock: Clock,
+}
+
+fn id(i: usize) -> String {
+    format!("d{i:03}")
+}
+
+async fn register(app: &TestApp, ids: &[String], site: &str) {
+    for d in ids {
+        let (status, body) = app
+            .call(
+                Method::POST,
+                "/v1/devices",
+                Some(json!({"id": d, "hardware": "rpi4", "attributes": {"site": site}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+}
+
+async fn rig(
+    n: usize,
+    targeting: Targeting,
+    behaviour: impl Fn(usize) -> Behaviour,
+    mut options: Options,
+) -> Rig {
+    let key = SecretKey::generate().unwrap();
+    options.trusted_keys = vec![key.public()];
+    let app = TestApp::spawn_with(options).await.unwrap();
+    let bytes = image(4096, 3);
+    let (status, release) = upload(
+        &app,
+        sign(manifest(&bytes, "2.0.0", -60, 7 * 86_400), &key),
+        bytes,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{release}");
+    let ids: Vec<String> = (0..n).map(id).collect();
+    register(&app, &ids, "berlin").await;
+    match targeting {
+        Targeting::StaticGroup => {
+            app.call(Method::POST, "/v1/groups", Some(json!({"name": "fleet"})))
+                .await;
+            let (status, body) = app
+                .call(
+                    Method::POST,
+                    "/v1/groups/fleet/members",
+                    Some(json!({"devices": ids})),
+                )
+                .await;
+            assert!(status.is_success(), "{body}");
+        }
+        Targeting::DynamicGroup => {
+            let (status, body) = app
+                .call(
+                    Method::POST,
+                    "/v1/groups",
+                    Some(json!({"name": "berlin", "query": "attributes.site = \"berlin\""})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+        }
+        Targeting::List => {}
+    }
+    let members = ids
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Member {
+            id: d.clone(),
+            group: (targeting == Targeting::StaticGroup).then(|| "fleet".to_owned()),
+            behaviour: behaviour(i),
+            version: "1.0.0".to_owned(),
+        })
+        .collect();
+    let fleet = Fleet::start(&app.mqtt, members).await;
+    Rig {
+        release: release["id"].as_str().unwrap().to_owned(),
+        app,
+        fleet,
+        ids,
+        clock: Clock::new(),
+    }
+}
+
+impl Rig {
+    async fn create(&self, mut body: Value) -> String {
+        body["release"] = json!(self.release);
+        let (status, rollout) = self
+            .app
+            .call(Method::POST, "/v1/rollouts", Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{rollout}");
+        rollout["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn status(&self, id: &str) -> Value {
+        let (status, body) = self
+            .app
+            .call(Method::GET, &format!("/v1/rollouts/{id}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        for wave in waves(&body) {
+            for (k, v) in wave.as_object().unwrap() {
+                if let Some(n) = v.as_i64() {
+                    assert!(n >= 0, "counter {k} went negative: {wave}");
+                }
+            }
+        }
+        body
+    }
+
+    /// Ticks `engine` until `done` holds, moving the clock `step` seconds per tick.
+    async fn drive(
+        &self,
+        engine: &Engine,
+        id: &str,
+        step: i64,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        for _ in 0..600 {
+            engine.tick(self.clock.now()).await.unwrap();
+            let status = self.status(id).await;
+            if done(&status) {
+                return status;
+            }
+            self.clock.advance(step);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("not reached: {}", self.status(id).await);
+    }
+
+    async fn executions(&self, job: &str) -> Vec<job_executions::Model> {
+        job_executions::Entity::find()
+            .filter(job_executions::Column::JobId.eq(job))
+            .all(&self.app.db)
+            .await
+            .unwrap()
+    }
+}
+
+fn state(s: &Value) -> &str {
+    s["state"].as_str().unwrap()
+}
+
+fn waves(s: &Value) -> &Vec<Value> {
+    s["wave_status"].as_array().unwrap()
+}
+
+fn time(v: &Value) -> DateTime<Utc> {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn three_waves_complete_each_after_threshold_and_soak() {
+    let rig = rig(
+        100,
+        Targeting::StaticGroup,
+        |_| Behaviour::Succeed,
+        Options::new(Backend::Postgres),
+    )
+    .await;
+    let id = rig
+        .create(json!({
+            "target": {"group": "fleet"},
+            "waves": [
+                {"size": {"percent": 10}, "soak_secs": 600, "success_percent": 100},
+                {"size": {"percent": 50}, "soak_secs": 600, "success_percent": 90},
+                {"size": {"percent": 100}, "success_percent": 100},
+            ],
+        }))
+        .await;
+    // The clock moves only while a wave soaks, so its devices have time to report.
+    let end = {
+        let mut result = None;
+        for _ in 0..600 {
+            rig.app.engine.tick(rig.clock.now()).await.unwrap();
+            let s = rig.status(&id).await;
+            if state(&s) == "COMPLETED" {
+                result = Some(s);
+                break;
+            }
+            let current = s["wave"].as_u64().unwrap() as usize - 1;
+            if !waves(&s)[current]["threshold_met_at"].is_null() {
+                rig.clock.advance(120);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        result.expect("the rollout completes")
+    };
+    let w = waves(&end);
+    assert_eq!(
+        w.iter()
+            .map(|w| w["planned"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![10, 40, 50]
+    );
+    for wave in w {
+        assert_eq!(wave["succeeded"], wave["planned"], "{wave}");
+    }
+    // Each wave started only after the previous one met its threshold and soaked.
+    for i in 1..3 {
+        let met = time(&w[i - 1]["threshold_met_at"]);
+        let started = time(&w[i]["started_at"]);
+        assert!(
+            started >= met + chrono::Duration::seconds(600),
+            "wave {} started {started}, wave {} met {met}",
+            i + 1,
+            i
+        );
+    }
+    let job = end["job"].as_str().unwrap();
+    let executions = rig.executions(job).await;
+    assert_eq!(executions.len(), 100);
+    for e in &executions {
+        let wave = e.wave.unwrap() as usize;
+        assert!(
+            e.queued_at >= time(&w[wave]["started_at"]),
+            "{} queued before its wave",
+            e.device_id
+        );
+        assert_eq!(e.state, "SUCCEEDED");
+    }
+    // Every device runs the new version, and most heard of it from the group's notice.
+    for d in &rig.ids {
+        let (_, device) = rig
+            .app
+            .call(Method::GET, &format!("/v1/devices/{d}"), None)
+            .await;
+        assert_eq!(device["firmware_version"], "2.0.0", "{device}");
+    }
+    let by_notice = rig
+        .ids
+        .iter()
+        .filter(|d| rig.fleet.log(d).via.contains(&"notice"))
+        .count();
+    assert!(
+        by_notice >= 90,
+        "{by_notice} devices took part through the retained notice"
+    );
+    // Nothing is left retained once it completed.
+    assert!(retained(&rig.app, "fleet").await.is_none());
+}
+
+/// The group's retained notice, if any: a fresh subscriber receives it at once.
+async fn retained(app: &TestApp, group: &str) -> Option<Vec<u8>> {
+    use rumqttc::{Event, Packet, QoS};
+    let (client, mut events) = app
+        .mqtt
+        .client(&format!("probe-{}", fleetwave_tests::harness::unique_id()));
+    client
+        .subscribe(
+            format!("{}/groups/{group}/jobs/notify", app.mqtt.prefix),
+            QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Ok(Event::Incoming(Packet::Publish(p))) = events.poll().await {
+                return p.payload.to_vec();
+            }
+        }
+    })
+    .await
+    .ok();
+    got.filter(|p| !p.is_empty())
+}
+
+#[tokio::test]
+async fn a_failing_canary_halts_clears_the_notice_and_tells_the_webhook() {
+    let hook = Receiver::start().await;
+    let mut options = Options::new(Backend::Postgres);
+    options.webhooks = vec![fleetwave::config::Webhook {
+        url: hook.url.clone(),
+        secret: "hook-secret".to_owned().into(),
+    }];
+    let rig = rig(50, Targeting::StaticGroup, |_| Behaviour::Fail, options).await;
+    let id = rig
+        .create(json!({
+            "target": {"group": "fleet"},
+            "waves": [
+                {"size": {"count": 5}, "halt": [{"on": "FAILED", "count": 3}]},
+                {"size": {"percent": 100}},
+            ],
+        }))
+        .await;
+    let end = rig
+        .drive(&rig.app.engine, &id, 1, |s| state(s) == "HALTED")
+        .await;
+    assert!(end["reason"].as_str().unwrap().contains("FAILED"), "{end}");
+    let w = waves(&end);
+    assert!(
+        w[1]["started_at"].is_null(),
+        "the second wave never started"
+    );
+    let canary = w[0]["planned"].as_i64().unwrap() as usize;
+    assert!(canary >= 5);
+    let job = end["job"].as_str().unwrap();
+    let executions = rig.executions(job).await;
+    assert!(
+        executions.iter().all(|e| e.wave == Some(0)),
+        "nothing queued beyond the canary"
+    );
+    assert_eq!(executions.len(), canary);
+    // A halt cancels what is still queued; a device that had not started stays unchanged.
+    let settled: i64 = ["failed", "canceled", "in_progress"]
+        .iter()
+        .map(|k| w[0][k].as_i64().unwrap())
+        .sum();
+    assert_eq!(settled, canary as i64, "{}", w[0]);
+    assert!(
+        rig.fleet.started().len() <= canary,
+        "only canary devices started"
+    );
+    assert!(
+        retained(&rig.app, "fleet").await.is_none(),
+        "the notice was cleared"
+    );
+
+    // The webhook receives the halt, signed.
+    let (headers, body) = hook.wait_for("rollout.halted").await;
+    let expected = fleetwave::events::signature("hook-secret", body.as_bytes());
+    assert_eq!(headers.get("x-fleetwave-signature").unwrap(), &expected);
+    let event: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(event["details"]["rollout"], id);
+    // And the audit log says who decided.
+    let (_, audit) = rig.app.call(Method::GET, "/v1/audit/verify", None).await;
+    assert!(audit["broken"].is_null(), "{audit}");
+}
+
+/// A webhook receiver: a small HTTP server that records every POST.
+struct Receiver {
+    url: String,
+    got: std::sync::Arc<Mutex<Vec<(reqwest::header::HeaderMap, String)>>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        use axum::routing::post;
+        let got = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let store = got.clone();
+        let router = axum::Router::new().route(
+            "/hook",
+            post(move |headers: axum::http::HeaderMap, body: String| {
+                let store = store.clone();
+                async move {
+                    let mut h = reqwest::header::HeaderMap::new();
+                    for (k, v) in headers.iter() {
+                        if let (Ok(k), Ok(v)) = (
+                            reqwest::header::HeaderName::from_bytes(k.as_str().as_bytes()),
+                            reqwest::header::HeaderValue::from_bytes(v.as_bytes()),
+                        ) {
+                            h.insert(k, v);
+                        }
+                    }
+                    store.lock().unwrap().push((h, body));
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Receiver { url, got }
+    }
+
+    async fn wait_for(&self, kind: &str) -> (reqwest::header::HeaderMap, String) {
+        for _ in 0..200 {
+            if let Some(hit) =
+                self.got.lock().unwrap().iter().find(|(_, b)| {
+                    serde_json::from_str::<Value>(b).is_ok_and(|v| v["kind"] == kind)
+                })
+            {
+                return hit.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "no {kind} event reached the webhook: {:?}",
+            self.got.lock().unwrap()
+        );
+    }
+}
+
+#[tokio::test]
+async fn silent_devices_time_out_and_retries_follow_the_policy() {
+    // d000 stays silent, d001 fails once then succeeds, d002 always fails.
+    let rig = rig(
+        3,
+        Targeting::List,
+        |i| match i {
+            0 => Behaviour::Silent,
+            1 => Behaviour::FailTimes(1),
+            _ => Behaviour::Fail,
+        },
+        Options::new(Backend::Postgres),
+    )
+    .await;
+    let id = rig
+        .create(json!({
+            "target": {"devices": rig.ids},
+            "waves": [{"size": {"percent": 100}}],
+            "in_progress_timeout_secs": 30,
+            "retry": {"attempts": 2, "backoff_secs": 10, "on": ["FAILED", "TIMED_OUT"]},
+        }))
+        .await;
+    let end = rig
+        .drive(&rig.app.engine, &id, 4, |s| {
+            let w = &waves(s)[0];
+            w["succeeded"] == 1 && w["failed"] == 1 && w["timed_out"] == 1
+        })
+        .await;
+    let w = &waves(&end)[0];
+    assert_eq!(w["retrying"], 0);
+    assert_eq!(w["queued"], 0);
+    assert_eq!(
+        state(&end),
+        "RUNNING",
+        "100 % success is out of reach, and no halt rule"
+    );
+    let job = end["job"].as_str().unwrap();
+    let by_device: BTreeMap<String, job_executions::Model> = rig
+        .executions(job)
+        .await
+        .into_iter()
+        .map(|e| (e.device_id.clone(), e))
+        .collect();
+    assert_eq!(by_device["d000"].state, "TIMED_OUT");
+    assert_eq!(by_device["d001"].state, "SUCCEEDED");
+    assert_eq!(by_device["d002"].state, "FAILED");
+    for d in ["d000", "d001", "d002"] {
+        assert_eq!(
+            by_device[d].execution_number, 2,
+            "{d} had exactly its two attempts"
+        );
+    }
+    // The history shows the retry: a second QUEUED after the first failure.
+    let history = execution_history::Entity::find()
+        .filter(execution_history::Column::JobId.eq(job))
+        .filter(execution_history::Column::DeviceId.eq("d000"))
+        .all(&rig.app.db)
+        .await
+        .unwrap();
+    let states: Vec<&str> = history.iter().map(|h| h.to_state.as_str()).collect();
+    assert_eq!(
+        states,
+        vec![
+            "QUEUED",
+            "IN_PROGRESS",
+            "TIMED_OUT",
+            "QUEUED",
+            "IN_PROGRESS",
+            "TIMED_OUT"
+        ]
+    );
+    assert_eq!(rig.fleet.log("d000").started.len(), 2);
+}
+
+#[tokio::test]
+async fn a_maintenance_window_defers_queueing_and_a_rate_limit_spreads_it() {
+    let rig = rig(
+        30,
+        Targeting::List,
+        |_| Behaviour::Silent,
+        Options::new(Backend::Postgres),
+    )
+    .await;
+    let id = rig
+        .create(json!({
+            "target": {"devices": rig.ids},
+            "waves": [{"size": {"percent": 100}}],
+            "in_progress_timeout_secs": 86400,
+            "maintenance_window": {"cron": "0 3 * * *", "duration_secs": 3600, "time_zone": "UTC"},
+            "rate_per_minute": 10,
+        }))
+        .await;
+    let today = Utc::now().date_naive();
+    let at = |h: u32, m: u32, s: u32| {
+        today.and_hms_opt(h, m, s).unwrap().and_utc() + chrono::Duration::days(1)
+    };
+    let queued = |s: &Value| {
+        let w = &waves(s)[0];
+        ["queued", "in_progress", "succeeded", "failed", "timed_out"]
+            .iter()
+            .map(|k| w[k].as_i64().unwrap())
+            .sum::<i64>()
+    };
+    rig.clock.set(at(2, 59, 0));
+    rig.app.engine.tick(rig.clock.now()).await.unwrap();
+    let s = rig.status(&id).await;
+    assert_eq!(state(&s), "RUNNING");
+    assert_eq!(queued(&s), 0, "the window is closed at 02:59");
+    rig.clock.set(at(3, 0, 1));
+    rig.app.engine.tick(rig.clock.now()).await.unwrap();
+    assert_eq!(
+        queued(&rig.status(&id).await),
+        10,
+        "a minute's worth at once when it opens"
+    );
+    // Half a second of slack: the clock is real time plus an offset.
+    rig.clock
+        .set(at(3, 0, 31) + chrono::Duration::milliseconds(500));
+    rig.app.engine.tick(rig.clock.now()).await.unwrap();
+    assert_eq!(queued(&rig.status(&id).await), 15, "five more after 30 s");
+    rig.clock.set(at(3, 2, 31));
+    rig.app.engine.tick(rig.clock.now()).await.unwrap();
+    assert_eq!(
+        queued(&rig.status(&id).await),
+        25,
+        "at most a minute's worth after a pause"
+    );
+    rig.clock.set(at(4, 30, 0));
+    rig.app.engine.tick(rig.clock.now()).await.unwrap();
+    assert_eq!(
+        queued(&rig.status(&id).await),
+        25,
+        "nothing once the window closed"
+    );
+    let executions = rig
+        .executions(rig.status(&id).await["job"].as_str().unwrap())
+        .await;
+    assert_eq!(executions.len(), 25);
+}
+
+#[tokio::test]
+async fn a_late_joiner_of_a_dynamic_group_is_taken_by_the_current_wave() {
+    let mut rig = rig(
+        20,
+        Targeting::DynamicGroup,
+        |_| Behaviour::Succeed,
+        Options::new(Backend::Postgres),
+    )
+    .await;
+    let id = rig
+        .create(json!({
+            "target": {"group": "berlin"},
+            "waves": [
+                {"size": {"percent": 50}, "soak_secs": 3600},
+                {"size": {"percent": 100}},
+            ],
+            "in_progress_timeout_secs": 86400,
+        }))
+        .await;
+    rig.drive(&rig.app.engine, &id, 0, |s| {
+        !waves(s)[0]["threshold_met_at"].is_null()
+    })
+    .await;
+    // Wave 1 soaks; a device joins the group.
+    let late = vec!["late-1".to_owned()];
+    register(&rig.app, &late, "berlin").await;
+    rig.fleet
+        .add(
+            &rig.app.mqtt,
+            vec![Member {
+                id: late[0].clone(),
+                group: None,
+                behaviour: Behaviour::Succeed,
+                version: "1.0.0".into(),
+            }],
+        )
+        .await;
+    let s = rig
+        .drive(&rig.app.engine, &id, 0, |s| waves(s)[0]["succeeded"] == 11)
+        .await;
+    assert_eq!(
+        waves(&s)[0]["planned"],
+        11,
+        "the joiner belongs to the current wave"
+    );
+    assert_eq!(s["wave"], 1, "still the first wave");
+    let end = rig
+        .drive(&rig.app.engine, &id, 600, |s| state(s) == "COMPLETED")
+        .await;
+    assert_eq!(waves(&end)[1]["succeeded"], 10);
+    let (_, device) = rig.app.call(Method::GET, "/v1/devices/late-1", None).await;
+    assert_eq!(device["firmware_version"], "2.0.0");
+    assert_eq!(rig.fleet.log("late-1").via, vec!["notify-next"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_queue_exactly_once_and_one_survives_the_other_dying() {
+    let rig = rig(
+        60,
+        Targeting::StaticGroup,
+        |_| Behaviour::Succeed,
+        Options::new(Backend::Postgres),
+    )
+    .await;
+    let id = rig
+        .create(json!({
+            "target": {"group": "fleet"},
+            "waves": [
+                {"size": {"percent": 20}},
+                {"size": {"percent": 60}},
+                {"size": {"percent": 100}},
+            ],
+        }))
+        .await;
+    // A second replica's engine: its own connection pool, the same database.
+    let other_db = fleetwave::db::connect(&rig.app.database_url, 4)
+        .await
+        .unwrap();
+    let other = Engine::new(
+        other_db,
+        rig.app.bridge.clone(),
+        rig.app.storage.clone(),
+        Duration::from_millis(1),
+    );
+    let doomed = rig.app.engine.clone();
+    let clock = std::sync::Arc::new(Clock::new());
+    let c = clock.clone();
+    let a = tokio::spawn(async move {
+        loop {
+            let _ = doomed.tick(c.now()).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let c = clock.clone();
+    let b_engine = other.clone();
+    let b = tokio::spawn(async move {
+        loop {
+            let _ = b_engine.tick(c.now()).await;
+            tokio::time::sleep(Duration::from_millis(7)).await;
+        }
+    });
+    // Kill the first engine mid-rollout: once the second wave is under way.
+    for _ in 0..400 {
+        let s = rig.status(&id).await;
+        if s["wave"].as_u64().unwrap() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    a.abort();
+    let mut end = Value::Null;
+    for _ in 0..600 {
+        end = rig.status(&id).await;
+        if state(&end) == "COMPLETED" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.abort();
+    assert_eq!(state(&end), "COMPLETED", "{end}");
+    let job = end["job"].as_str().unwrap();
+    let executions = rig.executions(job).await;
+    assert_eq!(executions.len(), 60, "one execution per device");
+    assert!(
+        executions
+            .iter()
+            .all(|e| e.execution_number == 1 && e.state == "SUCCEEDED")
+    );
+    let queued = execution_history::Entity::find()
+        .filter(execution_history::Column::JobId.eq(job))
+        .filter(execution_history::Column::ToState.eq("QUEUED"))
+        .all(&rig.app.db)
+        .await
+        .unwrap();
+    let devices: HashSet<&str> = queued.iter().map(|h| h.device_id.as_str()).collect();
+    assert_eq!(
+        (queued.len(), devices.len()),
+        (60, 60),
+        "each device queued exactly once"
+    );
+    let counted: i64 = waves(&end)
+        .iter()
+        .map(|w| w["succeeded"].as_i64().unwrap())
+        .sum();
+    assert_eq!(counted, 60, "the counters agree with the executions");
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_with_the_field_named() {
+    let rig = rig(
+        2,
+        Targeting::StaticGroup,
+        |_| Behaviour::Silent,
+        Options::new(Backend::Postgres),
+    )
+    .await;
+    let cases = [
+        (json!({"target": {"group": "fleet"}, "waves": []}), "waves"),
+        (
+            json!({"target": {"group": "fleet"}, "waves": [{"size": {"percent": 0}}]}),
+            "waves[0].size",
+        ),
+        (
+            json!({"target": {"group": "fleet"}, "waves": [{"size": {"percent": 50}}, {"size": {"percent": 40}}]}),
+            "waves[1].size",
+        ),
+        (
+            json!({"target": {"group": "fleet"}, "waves": [{"size": {"count": 1}}], "maintenance_window": {"cron": "0 3 * * *", "duration_secs": 60, "time_zone": "Mars/Olympus"}}),
+            "maintenance_window.time_zone",
+        ),
+        (
+            json!({"target": {"group": "fleet"}, "waves": [{"size": {"count": 1}}], "retry": {"attempts": 0}}),
+            "retry.attempts",
+        ),
+    ];
+    for (mut body, field) in cases {
+        body["release"] = json!(rig.release);
+        let (status, answer) = rig.app.call(Method::POST, "/v1/rollouts", Some(body)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{field}:")),
+            "{answer}"
+        );
+    }
+    let (status, answer) = rig
+        .app
+        .call(Method::POST, "/v1/rollouts", Some(json!({"release": rig.release, "target": {"group": "nope"}, "waves": [{"size": {"count": 1}}]})))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    let (status, _) = rig
+        .app
+        .call(Method::POST, "/v1/rollouts", Some(json!({"release": rig.release, "target": {"devices": ["d000", "ghost"]}, "waves": [{"size": {"count": 1}}]})))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let auditor = rig.app.token("auditor").await;
+    let (status, _) = rig
+        .app
+        .call_as(&auditor, Method::POST, "/v1/rollouts", Some(json!({"release": rig.release, "target": {"group": "fleet"}, "waves": [{"size": {"count": 1}}]})))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn the_engine_runs_by_itself_on_the_embedded_sqlite_default() {
+    let mut options = Options::new(Backend::Sqlite);
+    options.engine = true;
+    let rig = rig(12, Targeting::StaticGroup, |_| Behaviour::Succeed, options).await;
+    let id = rig
+        .create(json!({
+            "target": {"group": "fleet"},
+            "waves": [{"size": {"count": 2}}, {"size": {"percent": 100}}],
+        }))
+        .await;
+    let mut end = Value::Null;
+    for _ in 0..300 {
+        end = rig.status(&id).await;
+        if state(&end) == "COMPLETED" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state(&end), "COMPLETED", "{end}");
+    let succeeded: i64 = waves(&end)
+        .iter()
+        .map(|w| w["succeeded"].as_i64().unwrap())
+        .sum();
+    assert_eq!(succeeded, 12);
+}
