@@ -12,6 +12,7 @@ pub mod demo;
 pub mod fleet;
 pub mod key;
 pub mod release;
+pub mod rollout;
 pub mod serve;
 
 /// fleetwave: signed firmware, rolled out to device fleets in waves that halt themselves.
@@ -46,6 +47,9 @@ pub enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(fleet::TokenCommand),
+    /// Rollouts: create, watch, pause, resume, cancel, approve.
+    #[command(subcommand)]
+    Rollout(rollout::Command),
     /// Run the end-to-end signing round trip on a generated 64 MiB image.
     Demo(demo::Args),
     /// Run the service: HTTP API, registry and audit log (embedded defaults without a config).
@@ -105,6 +109,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Device(cmd) => block_on(fleet::device(cmd, &cli.server, out)),
         Command::Group(cmd) => block_on(fleet::group(cmd, &cli.server, out)),
         Command::Token(cmd) => block_on(fleet::token(cmd, &cli.server, out)),
+        Command::Rollout(cmd) => block_on(rollout::run(cmd, &cli.server, out)),
         Command::Demo(args) => demo::run(args, out),
         Command::Config(ConfigCommand::Example) => {
             print!("{}", crate::config::EXAMPLE);

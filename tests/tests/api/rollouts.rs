@@ -811,3 +811,146 @@ async fn the_engine_runs_by_itself_on_the_embedded_sqlite_default() {
         .sum();
     assert_eq!(succeeded, 12);
 }
+
+/// Runs the real `fleetwave` binary against the rig's service.
+fn cli(app: &TestApp, args: &[&str]) -> (bool, String, String) {
+    let out = fleetwave_tests::harness::bin::command("fleetwave")
+        .args(["--server", &app.base_url, "--token", &app.admin_token])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// The CLI runs as a blocking child process while the service answers from this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_watches_and_lists_rollouts_and_shows_incompatible_devices() {
+    let mut options = Options::new(Backend::Postgres);
+    options.engine = true;
+    let rig = rig(8, Targeting::StaticGroup, |_| Behaviour::Succeed, options).await;
+    let release = rig.release.clone();
+    let app = &rig.app;
+    let (ok, stdout, stderr) = tokio::task::block_in_place(|| {
+        cli(
+            app,
+            &[
+                "--json",
+                "rollout",
+                "create",
+                "--release",
+                &release,
+                "--group",
+                "fleet",
+                "--name",
+                "spring",
+                "--wave",
+                "25%,halt=FAILED:1",
+                "--wave",
+                "100%",
+            ],
+        )
+    });
+    assert!(ok, "{stderr}");
+    let created: Value = serde_json::from_str(&stdout).unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["name"], "spring");
+    let (ok, stdout, stderr) = tokio::task::block_in_place(|| {
+        cli(
+            app,
+            &[
+                "--json",
+                "rollout",
+                "status",
+                &id,
+                "--watch",
+                "--interval",
+                "200ms",
+            ],
+        )
+    });
+    assert!(ok, "watch ends well on completion: {stderr}");
+    let last: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["state"], "COMPLETED");
+    let (ok, stdout, _) = tokio::task::block_in_place(|| cli(app, &["rollout", "status", &id]));
+    assert!(ok);
+    assert!(
+        stdout.contains("COMPLETED") && stdout.contains("wave 2:"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = tokio::task::block_in_place(|| cli(app, &["--json", "rollout", "list"]));
+    assert!(ok);
+    assert!(stdout.contains(&id));
+    // A completed rollout cannot be paused: a clear error and its code.
+    let (ok, stdout, stderr) =
+        tokio::task::block_in_place(|| cli(app, &["--json", "rollout", "pause", &id]));
+    assert!(!ok);
+    assert!(stderr.contains("cannot be paused"), "{stderr}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap()["code"],
+        "illegal_state"
+    );
+    // Rolled out again, every device already runs it: counted and listed, not skipped.
+    let (ok, stdout, stderr) = tokio::task::block_in_place(|| {
+        cli(
+            app,
+            &[
+                "--json",
+                "rollout",
+                "create",
+                "--release",
+                &release,
+                "--group",
+                "fleet",
+                "--wave",
+                "100%",
+            ],
+        )
+    });
+    assert!(ok, "{stderr}");
+    let again = serde_json::from_str::<Value>(&stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, stdout, _) = tokio::task::block_in_place(|| {
+        cli(
+            app,
+            &[
+                "rollout",
+                "status",
+                &again,
+                "--watch",
+                "--interval",
+                "200ms",
+            ],
+        )
+    });
+    assert!(
+        stdout.contains("incompatible devices:") && stdout.contains("not_newer"),
+        "{stdout}"
+    );
+    let status = rig.status(&again).await;
+    assert_eq!(status["incompatible"].as_array().unwrap().len(), 8);
+    assert_eq!(waves(&status)[0]["incompatible"], 8);
+    // A bad wave is refused before anything is sent.
+    let (ok, _, stderr) = tokio::task::block_in_place(|| {
+        cli(
+            app,
+            &[
+                "rollout",
+                "create",
+                "--release",
+                &release,
+                "--group",
+                "fleet",
+                "--wave",
+                "10%,soak=forever",
+            ],
+        )
+    });
+    assert!(!ok);
+    assert!(stderr.contains("soak=forever"), "{stderr}");
+}
