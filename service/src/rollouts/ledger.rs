@@ -8,6 +8,7 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 
 use super::spec::{FailureKind, NewRollout};
+use crate::audit::{self, Actor};
 use crate::events;
 use crate::registry::entities::{job_executions, rollout_waves, rollouts};
 
@@ -82,7 +83,7 @@ pub fn failure_kind(state: ExecutionState) -> Option<FailureKind> {
 
 /// Books the transition of a rollout's execution from `before` to `after.state`, inside the
 /// transaction that writes `after`: decides a retry (setting `after.retry_at`), moves the
-/// counters and records the failure event. Executions outside rollouts are left alone.
+/// counters, and records a failure in the audit log and as an event for webhooks. Executions outside rollouts are left alone.
 pub async fn book(
     txn: &impl ConnectionTrait,
     before: ExecutionState,
@@ -107,11 +108,7 @@ pub async fn book(
             ExecutionState::Rejected => "execution.rejected",
             _ => "execution.failed",
         };
-        events::record(
-            txn,
-            event,
-            Some(&rollout_id),
-            serde_json::json!({
+        let details = serde_json::json!({
                 "rollout": rollout_id,
                 "job": after.job_id,
                 "device": after.device_id,
@@ -121,9 +118,26 @@ pub async fn book(
                 "error_code": after.error_code,
                 "error_message": after.error_message,
                 "retry_at": after.retry_at,
-            }),
+        });
+        // The device decided a failure or refusal; the service decided a timeout.
+        let actor = match state {
+            ExecutionState::TimedOut => Actor::system(),
+            _ => Actor {
+                id: format!("device:{}", after.device_id),
+                request_digest: None,
+            },
+        };
+        audit::append(
+            txn,
+            &actor,
+            audit::Event {
+                action: event,
+                subject: format!("execution:{}/{}", after.job_id, after.device_id),
+                details: details.clone(),
+            },
         )
         .await?;
+        events::record(txn, event, Some(&rollout_id), details).await?;
     }
     shift(
         txn,

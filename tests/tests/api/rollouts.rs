@@ -312,7 +312,10 @@ async fn retained(app: &TestApp, group: &str) -> Option<Vec<u8>> {
         )
         .await
         .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(2), async {
+    // The retained message arrives first; a clear still on its way arrives after it, so
+    // the last message within a quiet second is what the broker holds.
+    let mut got = None;
+    while let Ok(payload) = tokio::time::timeout(Duration::from_secs(1), async {
         loop {
             if let Ok(Event::Incoming(Packet::Publish(p))) = events.poll().await {
                 return p.payload.to_vec();
@@ -320,7 +323,9 @@ async fn retained(app: &TestApp, group: &str) -> Option<Vec<u8>> {
         }
     })
     .await
-    .ok();
+    {
+        got = Some(payload);
+    }
     got.filter(|p| !p.is_empty())
 }
 
@@ -384,6 +389,26 @@ async fn a_failing_canary_halts_clears_the_notice_and_tells_the_webhook() {
     // And the audit log says who decided.
     let (_, audit) = rig.app.call(Method::GET, "/v1/audit/verify", None).await;
     assert!(audit["broken"].is_null(), "{audit}");
+    let actions: Vec<(String, String)> =
+        fleetwave::registry::entities::audit_events::Entity::find()
+            .all(&rig.app.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.action, e.actor))
+            .collect();
+    assert!(
+        actions
+            .iter()
+            .any(|(a, who)| a == "rollout.halt" && who == "system"),
+        "{actions:?}"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|(a, who)| a == "execution.failed" && who.starts_with("device:")),
+        "{actions:?}"
+    );
 }
 
 /// A webhook receiver: a small HTTP server that records every POST.
@@ -953,4 +978,146 @@ async fn the_cli_creates_watches_and_lists_rollouts_and_shows_incompatible_devic
     });
     assert!(!ok);
     assert!(stderr.contains("soak=forever"), "{stderr}");
+}
+
+#[tokio::test]
+async fn schedule_approval_pause_resume_and_cancel() {
+    let rig = rig(
+        10,
+        Targeting::StaticGroup,
+        |i| {
+            if i % 2 == 0 {
+                Behaviour::Succeed
+            } else {
+                Behaviour::Silent
+            }
+        },
+        Options::new(Backend::Postgres),
+    )
+    .await;
+    let start = Utc::now() + chrono::Duration::hours(2);
+    let id = rig
+        .create(json!({
+            "target": {"group": "fleet"},
+            "waves": [
+                {"size": {"count": 2}, "success_percent": 0},
+                {"size": {"percent": 100}, "approval": true},
+            ],
+            "start_at": start,
+            "in_progress_timeout_secs": 86400,
+        }))
+        .await;
+    rig.app.engine.tick(rig.clock.now()).await.unwrap();
+    assert_eq!(
+        state(&rig.status(&id).await),
+        "SCHEDULED",
+        "not before its start time"
+    );
+    rig.clock.set(start + chrono::Duration::seconds(1));
+    let s = rig
+        .drive(&rig.app.engine, &id, 0, |s| {
+            s["reason"].as_str().is_some_and(|r| r.contains("approval"))
+        })
+        .await;
+    assert_eq!(state(&s), "RUNNING");
+    assert_eq!(s["reason"], "awaiting approval of wave 2");
+    assert!(
+        retained(&rig.app, "fleet").await.is_some(),
+        "wave 1's notice is out"
+    );
+
+    // Pausing clears the notice; resuming brings it back.
+    let (status, paused) = rig
+        .app
+        .call(Method::POST, &format!("/v1/rollouts/{id}/pause"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{paused}");
+    rig.app.engine.tick(rig.clock.now()).await.unwrap();
+    assert_eq!(state(&rig.status(&id).await), "PAUSED");
+    assert!(
+        retained(&rig.app, "fleet").await.is_none(),
+        "no notice while paused"
+    );
+    let (status, _) = rig
+        .app
+        .call(
+            Method::POST,
+            &format!("/v1/rollouts/{id}/approve"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a paused rollout's next wave may be approved ahead"
+    );
+    let (status, again) = rig
+        .app
+        .call(
+            Method::POST,
+            &format!("/v1/rollouts/{id}/approve"),
+            Some(json!({"wave": 2})),
+        )
+        .await;
+    assert_eq!(
+        (status, again["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("illegal_state"))
+    );
+    let (status, _) = rig
+        .app
+        .call(Method::POST, &format!("/v1/rollouts/{id}/resume"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let s = rig.drive(&rig.app.engine, &id, 0, |s| s["wave"] == 2).await;
+    assert!(waves(&s)[1]["approved_by"].is_string());
+    assert!(
+        retained(&rig.app, "fleet").await.is_some(),
+        "wave 2's notice is out"
+    );
+
+    // Silent devices never finish: cancel ends it, canceling what is still queued.
+    let (status, canceled) = rig
+        .app
+        .call(Method::POST, &format!("/v1/rollouts/{id}/cancel"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{canceled}");
+    assert_eq!(canceled["state"], "CANCELED");
+    rig.app.engine.tick(rig.clock.now()).await.unwrap();
+    assert!(
+        retained(&rig.app, "fleet").await.is_none(),
+        "no notice once canceled"
+    );
+    let end = rig.status(&id).await;
+    let queued: i64 = waves(&end)
+        .iter()
+        .map(|w| w["queued"].as_i64().unwrap())
+        .sum();
+    assert_eq!(queued, 0, "{end}");
+    let (status, _) = rig
+        .app
+        .call(Method::POST, &format!("/v1/rollouts/{id}/resume"), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // Every action is in the audit log.
+    let actions: Vec<String> = fleetwave::registry::entities::audit_events::Entity::find()
+        .all(&rig.app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    for action in [
+        "rollout.create",
+        "rollout.start",
+        "rollout.pause",
+        "rollout.approve",
+        "rollout.resume",
+        "rollout.advance",
+        "rollout.cancel",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == action),
+            "{action} missing from {actions:?}"
+        );
+    }
 }
