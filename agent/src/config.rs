@@ -20,6 +20,12 @@ pub struct Config {
     pub hardware: String,
     /// Where state is kept.
     pub data_dir: PathBuf,
+    /// The version this device was flashed with (afterwards the agent tracks each slot's
+    /// version in its state).
+    pub version: String,
+    /// Static groups whose wave notices this device reads.
+    #[serde(default)]
+    pub groups: Vec<String>,
     /// The MQTT broker.
     pub broker: Broker,
     /// Release keys.
@@ -68,8 +74,6 @@ pub struct Trust {
 pub enum Backend {
     /// Raspberry Pi tryboot with autoboot.txt.
     Tryboot,
-    /// U-Boot environment.
-    Uboot,
     /// Slot image files and a simulated bootloader.
     File,
 }
@@ -193,6 +197,17 @@ impl Config {
         if let Err(e) = HardwareId::parse(&self.hardware) {
             problems.push(format!("hardware: {e}"));
         }
+        if let Err(e) = semver::Version::parse(&self.version) {
+            problems.push(format!(
+                "version: {:?} is not a semantic version: {e}",
+                self.version
+            ));
+        }
+        for (i, g) in self.groups.iter().enumerate() {
+            if let Err(e) = fleetwave_artifacts::Product::parse(g) {
+                problems.push(format!("groups[{i}]: {e}"));
+            }
+        }
         let tls = self.broker.url.starts_with("mqtts://");
         if !tls && !self.broker.url.starts_with("mqtt://") {
             problems.push(format!(
@@ -263,7 +278,7 @@ impl Config {
                     }
                 }
             }
-            Backend::Tryboot | Backend::Uboot => {
+            Backend::Tryboot => {
                 for (key, path) in [("slots.a", &self.slots.a), ("slots.b", &self.slots.b)] {
                     if !path.exists() {
                         problems.push(format!("{key}: {} does not exist", path.display()));

@@ -1,8 +1,15 @@
-//! The fleetwave device agent. Today it holds its configuration ([`config`]), the pure
-//! install state machine ([`state::machine`]) and the device-side verification of a release
-//! ([`verify`]); the executor, slot backends, download and MQTT reporting join it as they
-//! land (see ARCHITECTURE.md).
+//! The fleetwave device agent: its configuration ([`config`]), the pure install state machine
+//! ([`state::machine`]) and the IO loop that drives it ([`run`]), with the persisted state
+//! ([`store`]), the boot slots ([`slots`]), the streaming download ([`download`]), the
+//! health check ([`health`]) and the device-side verification ([`verify`]).
 
 pub mod config;
+pub mod download;
+pub mod fault;
+pub mod health;
+pub mod run;
+pub mod slots;
 pub mod state;
+pub mod store;
 pub mod verify;
+pub mod watchdog;

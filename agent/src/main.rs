@@ -35,6 +35,17 @@ enum Command {
     },
     /// Print the example configuration, every key documented.
     ExampleConfig,
+    /// Run: hear jobs, install them safely, report through the device shadow. Exits with
+    /// status 75 when the file backend "reboots" (its supervisor starts it again).
+    Run {
+        /// The configuration file.
+        #[arg(
+            long,
+            env = "FLEETWAVE_AGENT_CONFIG",
+            default_value = "/etc/fleetwave-agent/agent.toml"
+        )]
+        config: PathBuf,
+    },
     /// Run every check this device makes before installing IMAGE, without installing it.
     Verify {
         /// The firmware image.
@@ -65,6 +76,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Run { config } = &cli.command {
+        return match serve(config) {
+            Ok(status) => ExitCode::from(u8::try_from(status).unwrap_or(1)),
+            Err(err) => {
+                eprintln!("fleetwave-agent: error: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli.command, cli.json) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -84,8 +104,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// `run`: the agent itself, logging to stderr (`RUST_LOG` filters).
+fn serve(config: &std::path::Path) -> Result<i32> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let loaded = fleetwave_agent::config::Config::load(config)?;
+    let keys = loaded.check()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(fleetwave_agent::run::run(loaded, keys))
+}
+
 fn run(command: Command, json: bool) -> Result<()> {
     match command {
+        Command::Run { .. } => unreachable!("handled in main"),
         Command::ExampleConfig => {
             print!("{}", fleetwave_agent::config::EXAMPLE);
             Ok(())

@@ -1,5 +1,6 @@
 //! Per-test slices of the real parts (PostgreSQL, S3, MQTT), reusable by every test binary.
 
+pub mod agent;
 pub mod app;
 pub mod bin;
 pub mod device;
