@@ -76,6 +76,8 @@ pub enum Backend {
     Tryboot,
     /// Slot image files and a simulated bootloader.
     File,
+    /// U-Boot environment (`fw_printenv` / `fw_setenv`).
+    Uboot,
 }
 
 /// `[slots]`
@@ -95,6 +97,20 @@ pub struct Slots {
     /// The reboot command.
     #[serde(default)]
     pub reboot_command: Vec<String>,
+    /// uboot: the command that prints environment variables.
+    #[serde(default = "printenv")]
+    pub printenv_command: Vec<String>,
+    /// uboot: the command that sets one (`NAME VALUE`).
+    #[serde(default = "setenv")]
+    pub setenv_command: Vec<String>,
+}
+
+fn printenv() -> Vec<String> {
+    vec!["fw_printenv".to_owned()]
+}
+
+fn setenv() -> Vec<String> {
+    vec!["fw_setenv".to_owned()]
 }
 
 /// `[health]`
@@ -278,7 +294,7 @@ impl Config {
                     }
                 }
             }
-            Backend::Tryboot => {
+            Backend::Tryboot | Backend::Uboot => {
                 for (key, path) in [("slots.a", &self.slots.a), ("slots.b", &self.slots.b)] {
                     if !path.exists() {
                         problems.push(format!("{key}: {} does not exist", path.display()));

@@ -113,6 +113,9 @@ fn serve(config: &std::path::Path) -> Result<i32> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // TLS (https downloads) through a pure-Rust crypto provider: no C toolchain needed to
+    // cross-compile the agent.
+    let _ = rustls::crypto::CryptoProvider::install_default(rustls_rustcrypto::provider());
     let loaded = fleetwave_agent::config::Config::load(config)?;
     let keys = loaded.check()?;
     tokio::runtime::Builder::new_multi_thread()

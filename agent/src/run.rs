@@ -221,6 +221,13 @@ impl Agent {
                 let deadline = self.config.health.deadline;
                 let builtin = self.builtin_health();
                 let outcome = health::check(&command, deadline, builtin).await;
+                let health = match &outcome {
+                    Ok(()) => json!({"ok": true, "checked_at": Timestamp::now().to_string()}),
+                    Err(f) => {
+                        json!({"ok": false, "checked_at": Timestamp::now().to_string(), "error": f.code})
+                    }
+                };
+                self.update_shadow(json!({"health": health}), false).await;
                 Step::Next(Some(match outcome {
                     Ok(()) => Event::HealthPassed,
                     Err(f) => Event::Failed(f),

@@ -35,6 +35,7 @@ fn good_and_bad_configurations() {
 device_id = "pi-0001"
 hardware = "rpi4"
 data_dir = "{d}/state"
+version = "1.0.0"
 [broker]
 url = "mqtt://127.0.0.1:1883"
 allow_plaintext = true
@@ -58,10 +59,17 @@ deadline = "30s"
         .replace("pi-0001", "pi/0001")
         .replace("allow_plaintext = true", "")
         .replace("release.pub", "missing.pub")
-        .replace("\"true\"", "\"no-such-health-check\"");
+        .replace("\"true\"", "\"no-such-health-check\"")
+        .replace("version = \"1.0.0\"", "version = \"one\"");
     let (ok, _, stderr) = check(dir, &bad);
     assert!(!ok);
-    for key in ["device_id", "broker.url", "trust.keys", "health.command"] {
+    for key in [
+        "device_id",
+        "version",
+        "broker.url",
+        "trust.keys",
+        "health.command",
+    ] {
         assert!(stderr.contains(key), "{key} is named in: {stderr}");
     }
 

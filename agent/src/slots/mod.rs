@@ -1,10 +1,11 @@
 //! Boot slots behind one trait: which slot runs and whether this boot is a one-shot trial,
 //! where each slot's bytes go, arming a trial, committing, and rebooting. `tryboot` drives a
-//! Raspberry Pi's firmware; `file` simulates the same semantics with slot image files for
+//! Raspberry Pi's firmware; `uboot` the U-Boot environment; `file` simulates the same semantics with slot image files for
 //! tests and the demo.
 
 pub mod file;
 pub mod tryboot;
+pub mod uboot;
 
 use std::path::PathBuf;
 
@@ -41,5 +42,6 @@ pub fn open(config: &Config) -> Result<Box<dyn Bootloader>> {
             config.data_dir.join("bootloader.json"),
         )),
         Backend::Tryboot => Box::new(tryboot::Tryboot::new(&config.slots)?),
+        Backend::Uboot => Box::new(uboot::Uboot::new(&config.slots)?),
     })
 }
