@@ -26,6 +26,14 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
     }
+    // SQLite has one writer at a time; a second connection upgrading its read to a write
+    // fails at once with "database is locked" rather than waiting. One connection queues
+    // everyone instead (the embedded default is for one machine).
+    let max_connections = if url.starts_with("sqlite:") {
+        1
+    } else {
+        max_connections
+    };
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .max_connections(max_connections)

@@ -6,7 +6,12 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the CLI's subscriber once; later calls do nothing.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    init_with("warn");
+}
+
+/// [`init`] with `default` as the filter when `RUST_LOG` is unset.
+pub fn init_with(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

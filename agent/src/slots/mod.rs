@@ -15,7 +15,7 @@ use crate::config::{Backend, Config};
 use crate::state::machine::Slot;
 
 /// What the agent needs from a bootloader.
-pub trait Bootloader: Send {
+pub trait Bootloader: Send + Sync {
     /// The slot running now, and whether this boot is a one-shot trial.
     fn booted(&mut self) -> Result<(Slot, bool)>;
     /// Where `slot`'s image is written (a block device or a file).

@@ -50,7 +50,8 @@ pub enum Command {
     /// Rollouts: create, watch, pause, resume, cancel, approve.
     #[command(subcommand)]
     Rollout(rollout::Command),
-    /// Run the end-to-end signing round trip on a generated 64 MiB image.
+    /// The whole product on this machine: the service on its embedded defaults, N agents,
+    /// two signed releases and a live 3-wave rollout (`--fail-rate` shows halt and rollback).
     Demo(demo::Args),
     /// Run the service: HTTP API, registry and audit log (embedded defaults without a config).
     Serve(serve::ConfigArgs),
@@ -97,8 +98,11 @@ impl Output {
 /// Runs a parsed command line and maps its outcome to an exit code.
 pub fn run(cli: Cli) -> ExitCode {
     let out = Output { json: cli.json };
-    if !matches!(cli.command, Command::Serve(_)) {
-        crate::telemetry::init();
+    match cli.command {
+        Command::Serve(_) => {}
+        // The demo's in-process agents would fill the screen with their warnings.
+        Command::Demo(_) => crate::telemetry::init_with("warn,fleetwave_agent=error,rumqttd=off"),
+        _ => crate::telemetry::init(),
     }
     let result = match cli.command {
         Command::Key(cmd) => key::run(cmd, out),

@@ -104,7 +104,7 @@ pub async fn remote(cmd: Command, server: &ServerArgs, out: Output) -> Result<()
 }
 
 /// Checks the manifest locally, then streams the manifest and image to the service.
-async fn upload(
+pub async fn upload(
     client: &Client,
     image: &Path,
     manifest: &Path,

@@ -378,7 +378,7 @@ fn counts(wave: &Value) -> String {
 
 /// Follows a rollout until it ends: a bar per wave on stderr (JSON lines on stdout with
 /// `--json`); fails unless it completes.
-async fn follow(client: &Client, path: &str, every: Duration, out: Output) -> Result<()> {
+pub async fn follow(client: &Client, path: &str, every: Duration, out: Output) -> Result<()> {
     let bars = MultiProgress::with_draw_target(if out.progress() {
         ProgressDrawTarget::stderr()
     } else {

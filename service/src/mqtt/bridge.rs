@@ -18,7 +18,7 @@ use crate::jobs;
 use crate::shadow::{self, Channel, Outgoing};
 use crate::storage::Storage;
 
-/// The shared-subscription group all replicas join.
+/// The prefix of the shared-subscription groups all replicas join (one per filter).
 const SHARE_GROUP: &str = "fleetwave-service";
 /// Messages buffered between the network loop and the handler.
 const QUEUE: usize = 1024;
@@ -79,8 +79,10 @@ impl Bridge {
                     }
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         acks = 0;
-                        for filter in &filters {
-                            let shared = format!("$share/{SHARE_GROUP}/{filter}");
+                        // One share group per filter: rumqttd delivers only one filter's
+                        // messages to a client holding several in the same group.
+                        for (n, filter) in filters.iter().enumerate() {
+                            let shared = format!("$share/{SHARE_GROUP}-{n}/{filter}");
                             if let Err(e) = subscriber.subscribe(shared, QoS::AtLeastOnce).await {
                                 tracing::error!(error.message = %e, "subscribing to device requests");
                             }

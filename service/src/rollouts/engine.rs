@@ -91,7 +91,7 @@ impl Engine {
     pub async fn run(self) {
         loop {
             if let Err(e) = self.tick(Utc::now()).await {
-                tracing::warn!(error.cause_chain = ?e, "rollout engine tick failed; retrying");
+                tracing::warn!(error.message = %format!("{e:#}"), "rollout engine tick failed; retrying");
             }
             tokio::time::sleep(self.every).await;
         }
