@@ -51,7 +51,7 @@ pub struct AppState {
         v1::releases::upload, v1::releases::list, v1::releases::show, v1::releases::download,
         v1::releases::object,
         v1::tokens::create,
-        v1::audit::verify,
+        v1::audit::verify, v1::audit::devices,
     ),
     modifiers(&BearerAuth)
 )]
@@ -138,6 +138,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/releases/{id}/download", get(v1::releases::download))
         .route("/v1/tokens", axum::routing::post(v1::tokens::create))
         .route("/v1/audit/verify", get(v1::audit::verify))
+        .route("/v1/audit/devices", get(v1::audit::devices))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

@@ -2,6 +2,8 @@
 //! previous event's hash. Events are written in the same transaction as the change they
 //! record, so a change and its audit event commit or vanish together. `verify` walks the
 //! chain and names the first link whose content, predecessor or position does not hold.
+//! [`devices`] is the auditor's per-device report (version, since when, which rollout, who
+//! approved).
 
 use chrono::{DateTime, SubsecRound, Utc};
 use fleetwave_artifacts::Sha256;
@@ -12,6 +14,8 @@ use sea_orm::{
 use serde::Serialize;
 
 use crate::registry::entities::audit_events;
+
+pub mod devices;
 
 /// The `prev_hash` of the first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

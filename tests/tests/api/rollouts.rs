@@ -297,6 +297,54 @@ async fn three_waves_complete_each_after_threshold_and_soak() {
     );
     // Nothing is left retained once it completed.
     assert!(retained(&rig.app, "fleet").await.is_none());
+
+    // The auditor's report names, for every device, the version, since when and the
+    // rollout, page by page; and as CSV.
+    let auditor = rig.app.token("auditor").await;
+    let mut listed = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (status, page) = rig
+            .app
+            .call_as(
+                &auditor,
+                Method::GET,
+                &format!("/v1/audit/devices?limit=30&after={after}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let page = page.as_array().unwrap().clone();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().unwrap()["device"].as_str().unwrap().to_owned();
+        listed.extend(page);
+    }
+    assert_eq!(listed.len(), 100);
+    for line in &listed {
+        assert_eq!(line["version"], "2.0.0", "{line}");
+        assert_eq!(line["rollout"], id.as_str(), "{line}");
+        assert!(
+            line["since"].is_string() && line["created_by_name"].is_string(),
+            "{line}"
+        );
+    }
+    let csv = rig
+        .app
+        .request(
+            Method::GET,
+            "/v1/audit/devices?format=csv&limit=10000",
+            Some(&auditor),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(csv.lines().count(), 101, "a header and a line per device");
+    assert!(csv.starts_with("device,hardware,version,since,job,release,rollout"));
 }
 
 /// The group's retained notice, if any: a fresh subscriber receives it at once.
@@ -835,6 +883,15 @@ async fn the_engine_runs_by_itself_on_the_embedded_sqlite_default() {
         .map(|w| w["succeeded"].as_i64().unwrap())
         .sum();
     assert_eq!(succeeded, 12);
+    let (_, report) = rig.app.call(Method::GET, "/v1/audit/devices", None).await;
+    let report = report.as_array().unwrap();
+    assert_eq!(report.len(), 12);
+    assert!(
+        report
+            .iter()
+            .all(|l| l["version"] == "2.0.0" && l["rollout"] == id.as_str()),
+        "{report:?}"
+    );
 }
 
 /// Runs the real `fleetwave` binary against the rig's service.
