@@ -227,7 +227,7 @@ impl Agent {
                         json!({"ok": false, "checked_at": Timestamp::now().to_string(), "error": f.code})
                     }
                 };
-                self.update_shadow(json!({"health": health}), false).await;
+                self.update_shadow(json!({"health": health})).await;
                 Step::Next(Some(match outcome {
                     Ok(()) => Event::HealthPassed,
                     Err(f) => Event::Failed(f),
@@ -469,14 +469,28 @@ impl Agent {
         self.publish(topic, json!({})).await;
     }
 
+    /// The version running now: on a trial boot of a job's target slot, the job's version
+    /// (recorded for the slot only once committed).
+    fn running_version(&self) -> String {
+        match current_job(&self.state.phase) {
+            Some(job)
+                if job.target == self.booted
+                    && !matches!(self.state.phase, Phase::RollingBack { .. }) =>
+            {
+                job.version
+            }
+            _ => self
+                .state
+                .version(self.booted)
+                .unwrap_or(&self.config.version)
+                .to_owned(),
+        }
+    }
+
     async fn report_firmware(&mut self) {
-        let version = self
-            .state
-            .version(self.booted)
-            .unwrap_or(&self.config.version)
-            .to_owned();
+        let version = self.running_version();
         let reported = json!({"firmware": {"version": version, "slot": slot_name(self.booted)}});
-        self.update_shadow(reported, false).await;
+        self.update_shadow(reported).await;
     }
 
     async fn report_progress(&mut self, percent: Option<u64>) {
@@ -502,7 +516,7 @@ impl Agent {
             self.last_progress = Some(Instant::now());
         }
         let ota = json!({"job": work.job, "state": "IN_PROGRESS", "step": step, "progress": percent.unwrap_or(0).min(100)});
-        self.update_shadow(json!({"ota": ota}), false).await;
+        self.update_shadow(json!({"ota": ota})).await;
     }
 
     /// Reports the outcome with the running firmware and waits until the service accepted
@@ -520,17 +534,13 @@ impl Agent {
         if let Some(f) = error {
             ota["error"] = json!({"code": f.code, "message": f.message});
         }
-        let version = self
-            .state
-            .version(self.booted)
-            .unwrap_or(&self.config.version)
-            .to_owned();
+        let version = self.running_version();
         let reported = json!({
             "firmware": {"version": version, "slot": slot_name(self.booted)},
             "ota": ota,
         });
         let mut wait = Duration::from_secs(1);
-        while !self.update_shadow(reported.clone(), true).await {
+        while !self.update_shadow(reported.clone()).await {
             tracing::warn!(job = %job.id, "the outcome report was not accepted yet; retrying");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(60));
@@ -543,16 +553,16 @@ impl Agent {
         Ok(())
     }
 
-    /// Publishes a shadow update; with `confirm`, waits for the service to accept it.
-    async fn update_shadow(&mut self, reported: Value, confirm: bool) -> bool {
+    /// Publishes a shadow update and waits (up to [`REPORT_WAIT`]) for the service to accept
+    /// it before anything else is sent: replicas may handle one device's messages in
+    /// parallel, so waiting is what keeps its reports in order. Returns whether it was
+    /// accepted (the outcome report retries until it is).
+    async fn update_shadow(&mut self, reported: Value) -> bool {
         self.tokens += 1;
         let token = format!("{}-{}", std::process::id(), self.tokens);
         let body = json!({"state": {"reported": reported}, "clientToken": token});
         let topic = self.topics.shadow(&self.thing, ShadowOp::Update);
         self.publish(topic, body).await;
-        if !confirm {
-            return true;
-        }
         let deadline = Instant::now() + REPORT_WAIT;
         while let Ok(Some(message)) = tokio::time::timeout(
             deadline.saturating_duration_since(Instant::now()),

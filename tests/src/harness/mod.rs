@@ -10,6 +10,7 @@ pub mod mqtt;
 pub mod own_postgres;
 pub mod postgres;
 pub mod s3;
+pub mod service;
 
 use std::sync::Once;
 

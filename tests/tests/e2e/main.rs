@@ -53,3 +53,5 @@ fn with_failing_devices_the_demo_rolls_back_and_halts() {
         assert!(d["reason"].as_str().unwrap().contains("exit status"), "{d}");
     }
 }
+
+mod fleet;
