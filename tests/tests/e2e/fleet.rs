@@ -150,7 +150,7 @@ impl Stack {
     }
 
     fn agent(&self, id: &str, groups: &[&str], health: &[&str]) -> TestAgent {
-        let mut options = AgentOptions::new(id, self.key.clone());
+        let mut options = AgentOptions::new(id, self.key);
         options.groups = groups.iter().map(|g| (*g).to_owned()).collect();
         options.health = health.iter().map(|h| (*h).to_owned()).collect();
         TestAgent::in_dir(&self.dir().join("agents").join(id), &self.mqtt, &options).unwrap()
