@@ -22,7 +22,7 @@ use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query as SqlQu
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend,
     DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Statement, TransactionTrait,
+    QueryOrder, QuerySelect, Statement, TransactionTrait, TryIntoModel,
 };
 
 use super::ledger::{self, Counter};
@@ -41,7 +41,7 @@ use crate::storage::Storage;
 /// Rows written per statement in bulk inserts.
 const CHUNK: usize = 1000;
 /// Devices looked at per query when queueing, timing out or retrying.
-const BATCH: u64 = 5000;
+const BATCH: u64 = 20_000;
 
 /// Target statuses.
 pub(crate) mod status {
@@ -328,11 +328,7 @@ impl Engine {
                 detail: Set(None),
             });
         }
-        for chunk in rows.chunks(CHUNK) {
-            rollout_targets::Entity::insert_many(chunk.to_vec())
-                .exec_without_returning(txn)
-                .await?;
-        }
+        insert_targets(txn, rows).await?;
         let mut previous = 0;
         for (i, cut) in cuts.iter().enumerate() {
             rollout_waves::Entity::update_many()
@@ -396,11 +392,7 @@ impl Engine {
                 })
             })
             .collect();
-        for chunk in rows.chunks(CHUNK) {
-            rollout_targets::Entity::insert_many(chunk.to_vec())
-                .exec_without_returning(txn)
-                .await?;
-        }
+        insert_targets(txn, rows).await?;
         rollout_waves::Entity::update_many()
             .col_expr(
                 rollout_waves::Column::Planned,
@@ -457,16 +449,7 @@ impl Engine {
                 break;
             }
             let ids: Vec<String> = batch.iter().map(|t| t.device_id.clone()).collect();
-            let mut found: BTreeMap<String, devices::Model> = BTreeMap::new();
-            for chunk in ids.chunks(CHUNK) {
-                for d in devices::Entity::find()
-                    .filter(devices::Column::Id.is_in(chunk.iter().cloned()))
-                    .all(txn)
-                    .await?
-                {
-                    found.insert(d.id.clone(), d);
-                }
-            }
+            let found = load_devices(txn, &row.id, &ids).await?;
             let mut executions = Vec::new();
             let mut history = Vec::new();
             let mut queued_ids = Vec::new();
@@ -563,24 +546,8 @@ impl Engine {
                     }
                 }
             }
-            for chunk in executions.chunks(CHUNK) {
-                job_executions::Entity::insert_many(chunk.to_vec())
-                    .exec_without_returning(txn)
-                    .await?;
-            }
-            for chunk in history.chunks(CHUNK) {
-                execution_history::Entity::insert_many(chunk.to_vec())
-                    .exec_without_returning(txn)
-                    .await?;
-            }
-            for chunk in queued_ids.chunks(CHUNK) {
-                rollout_targets::Entity::update_many()
-                    .col_expr(rollout_targets::Column::Status, Expr::value(status::QUEUED))
-                    .filter(rollout_targets::Column::RolloutId.eq(&row.id))
-                    .filter(rollout_targets::Column::DeviceId.is_in(chunk.iter().cloned()))
-                    .exec(txn)
-                    .await?;
-            }
+            insert_queued(txn, executions, history).await?;
+            mark_queued(txn, &row.id, &queued_ids).await?;
             for (wave, n) in per_wave {
                 ledger::shift(
                     txn,
@@ -965,4 +932,186 @@ async fn target_devices(
         );
     }
     Ok(query.into_tuple::<String>().all(txn).await?)
+}
+
+/// Inserts target rows: one JSON-carried statement on PostgreSQL, chunked inserts elsewhere.
+async fn insert_targets(
+    txn: &impl ConnectionTrait,
+    rows: Vec<rollout_targets::ActiveModel>,
+) -> Result<(), DbErr> {
+    if txn.get_database_backend() != DatabaseBackend::Postgres {
+        for chunk in rows.chunks(CHUNK) {
+            rollout_targets::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(txn)
+                .await?;
+        }
+        return Ok(());
+    }
+    let json: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|r| {
+            let r = r.try_into_model().expect("every target field is set");
+            serde_json::json!({"rollout_id": r.rollout_id, "device_id": r.device_id,
+                "bucket": r.bucket, "wave": r.wave, "status": r.status})
+        })
+        .collect();
+    for chunk in json.chunks(50_000) {
+        crate::db::insert_json_rows(
+            txn,
+            "rollout_targets",
+            &[
+                ("rollout_id", "text"),
+                ("device_id", "text"),
+                ("bucket", "integer"),
+                ("wave", "integer"),
+                ("status", "text"),
+            ],
+            chunk,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The registered devices among `ids` (missing ones were deleted), by id.
+async fn load_devices(
+    txn: &impl ConnectionTrait,
+    rollout: &str,
+    ids: &[String],
+) -> Result<BTreeMap<String, devices::Model>, DbErr> {
+    let mut found = BTreeMap::new();
+    if txn.get_database_backend() == DatabaseBackend::Postgres {
+        // One join against the pending targets instead of thousands of bound ids.
+        let wanted = serde_json::to_string(ids).expect("ids serialise");
+        let rows = devices::Entity::find()
+            .from_raw_sql(Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                "SELECT d.* FROM devices d JOIN json_array_elements_text($1::json) AS w(id) \
+                 ON d.id = w.id",
+                vec![wanted.into()],
+            ))
+            .all(txn)
+            .await?;
+        let _ = rollout;
+        for d in rows {
+            found.insert(d.id.clone(), d);
+        }
+        return Ok(found);
+    }
+    for chunk in ids.chunks(CHUNK) {
+        for d in devices::Entity::find()
+            .filter(devices::Column::Id.is_in(chunk.iter().cloned()))
+            .all(txn)
+            .await?
+        {
+            found.insert(d.id.clone(), d);
+        }
+    }
+    Ok(found)
+}
+
+/// Inserts queued executions and their first history rows.
+async fn insert_queued(
+    txn: &impl ConnectionTrait,
+    executions: Vec<job_executions::ActiveModel>,
+    history: Vec<execution_history::ActiveModel>,
+) -> Result<(), DbErr> {
+    if txn.get_database_backend() != DatabaseBackend::Postgres {
+        for chunk in executions.chunks(CHUNK) {
+            job_executions::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(txn)
+                .await?;
+        }
+        for chunk in history.chunks(CHUNK) {
+            execution_history::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(txn)
+                .await?;
+        }
+        return Ok(());
+    }
+    let executions: Vec<serde_json::Value> = executions
+        .into_iter()
+        .map(|e| {
+            let e = e.try_into_model().expect("every execution field is set");
+            serde_json::json!({"job_id": e.job_id, "device_id": e.device_id,
+                "execution_number": e.execution_number, "version": e.version, "state": e.state,
+                "queued_at": e.queued_at, "updated_at": e.updated_at,
+                "rollout_id": e.rollout_id, "wave": e.wave})
+        })
+        .collect();
+    crate::db::insert_json_rows(
+        txn,
+        "job_executions",
+        &[
+            ("job_id", "text"),
+            ("device_id", "text"),
+            ("execution_number", "bigint"),
+            ("version", "bigint"),
+            ("state", "text"),
+            ("queued_at", "timestamptz"),
+            ("updated_at", "timestamptz"),
+            ("rollout_id", "text"),
+            ("wave", "integer"),
+        ],
+        &executions,
+    )
+    .await?;
+    let history: Vec<serde_json::Value> = history
+        .into_iter()
+        .map(|h| {
+            serde_json::json!({"job_id": h.job_id.unwrap(), "device_id": h.device_id.unwrap(),
+                "execution_number": h.execution_number.unwrap(), "to_state": h.to_state.unwrap(),
+                "hardware": h.hardware.unwrap(), "firmware_version": h.firmware_version.unwrap(),
+                "at": h.at.unwrap()})
+        })
+        .collect();
+    crate::db::insert_json_rows(
+        txn,
+        "execution_history",
+        &[
+            ("job_id", "text"),
+            ("device_id", "text"),
+            ("execution_number", "bigint"),
+            ("to_state", "text"),
+            ("hardware", "text"),
+            ("firmware_version", "text"),
+            ("at", "timestamptz"),
+        ],
+        &history,
+    )
+    .await
+}
+
+/// Marks targets as queued.
+async fn mark_queued(
+    txn: &impl ConnectionTrait,
+    rollout: &str,
+    ids: &[String],
+) -> Result<(), DbErr> {
+    if txn.get_database_backend() == DatabaseBackend::Postgres {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        txn.execute_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            "UPDATE rollout_targets t SET status = 'queued' \
+             FROM json_array_elements_text($2::json) AS w(id) \
+             WHERE t.rollout_id = $1 AND t.device_id = w.id",
+            vec![
+                rollout.to_owned().into(),
+                serde_json::to_string(ids).expect("ids serialise").into(),
+            ],
+        ))
+        .await?;
+        return Ok(());
+    }
+    for chunk in ids.chunks(CHUNK) {
+        rollout_targets::Entity::update_many()
+            .col_expr(rollout_targets::Column::Status, Expr::value(status::QUEUED))
+            .filter(rollout_targets::Column::RolloutId.eq(rollout))
+            .filter(rollout_targets::Column::DeviceId.is_in(chunk.iter().cloned()))
+            .exec(txn)
+            .await?;
+    }
+    Ok(())
 }

@@ -1,0 +1,202 @@
+//! Benchmark: rollout fan-out and status at fleet scale, on the real PostgreSQL and
+//! Mosquitto, each against a baseline measured in the same run.
+//!
+//! - P1 fan-out: one wave over N devices of a static group, from the engine's tick to every
+//!   execution queued (with its history row and its target row) and the wave's notice
+//!   published, against `COPY` of the same N execution rows into a copy of the executions
+//!   table in the same database.
+//! - P4 status: `GET /v1/rollouts/{id}` latency (p50, p99) over many sequential requests at N
+//!   executions, against `GET /v1/health` on the same service (the HTTP floor).
+//!
+//! `scripts/bench.sh` runs it at 100k devices; CI runs a 5k smoke run so it never rots.
+//! Usage: bench-rollout [--devices N] [--requests R]
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use fleetwave_artifacts::{
+    HardwareId, MANIFEST_FORMAT, Manifest, Product, SecretKey, Sha256, SignedManifest, Timestamp,
+};
+use fleetwave_tests::harness::app::{Backend, Options, TestApp};
+use reqwest::Method;
+use sea_orm::{ConnectionTrait, Statement};
+use serde_json::json;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let mut devices: u64 = 100_000;
+    let mut requests: usize = 1000;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--devices" => devices = args.next().context("--devices N")?.parse()?,
+            "--requests" => requests = args.next().context("--requests R")?.parse()?,
+            other => {
+                bail!("unknown argument {other}; usage: bench-rollout [--devices N] [--requests R]")
+            }
+        }
+    }
+    let key = SecretKey::generate()?;
+    let mut options = Options::new(Backend::Postgres);
+    options.trusted_keys = vec![key.public()];
+    let app = TestApp::spawn_with(options).await?;
+
+    // A release.
+    let image = vec![7u8; 4096];
+    let now = Timestamp::now();
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        product: Product::parse("bench-os")?,
+        version: "2.0.0".parse()?,
+        hardware: vec![HardwareId::parse("rpi4")?],
+        size: image.len() as u64,
+        sha256: Sha256::of(&image),
+        min_version: None,
+        security_floor: None,
+        created_at: now,
+        expires_at: now.plus(Duration::from_secs(86_400)),
+        delta_base: None,
+    };
+    let signed = SignedManifest::sign(manifest, &[&key])?;
+    let form = reqwest::multipart::Form::new()
+        .part("manifest", reqwest::multipart::Part::text(signed.to_json()))
+        .part("image", reqwest::multipart::Part::bytes(image));
+    let release: serde_json::Value = app
+        .request(Method::POST, "/v1/releases", Some(&app.admin_token))
+        .multipart(form)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let release = release["id"].as_str().context("a release id")?.to_owned();
+
+    // N devices running 1.0.0 in one static group, inserted in bulk.
+    let setup = Instant::now();
+    app.db
+        .execute_unprepared(&format!(
+            "INSERT INTO devices (id, serial, hardware, attributes, firmware_version, firmware_key, created_at, updated_at) \
+             SELECT 'dev-' || lpad(i::text, 7, '0'), NULL, 'rpi4', '{{}}'::jsonb, '1.0.0', NULL, now(), now() \
+             FROM generate_series(1, {devices}) AS i;
+             INSERT INTO groups (name, kind, query, created_at) VALUES ('bench', 'static', NULL, now());
+             INSERT INTO group_members (group_name, device_id, added_at) \
+             SELECT 'bench', id, now() FROM devices;
+             ANALYZE;"
+        ))
+        .await
+        .context("inserting the fleet")?;
+    eprintln!(
+        "set up {devices} devices in {:.1} s",
+        setup.elapsed().as_secs_f64()
+    );
+
+    let (status, rollout) = app
+        .call(
+            Method::POST,
+            "/v1/rollouts",
+            Some(json!({"release": release, "target": {"group": "bench"}, "waves": [{"size": {"percent": 100}}]})),
+        )
+        .await;
+    anyhow::ensure!(status.is_success(), "creating the rollout: {rollout}");
+    let id = rollout["id"].as_str().context("a rollout id")?.to_owned();
+
+    // P1: the fan-out.
+    let started = Instant::now();
+    app.engine.tick(chrono::Utc::now()).await?;
+    let fanout = started.elapsed();
+    let (_, status) = app
+        .call(Method::GET, &format!("/v1/rollouts/{id}"), None)
+        .await;
+    let queued = status["wave_status"][0]["queued"].as_i64().unwrap_or(0);
+    anyhow::ensure!(
+        queued == devices as i64,
+        "{queued} of {devices} queued: {status}"
+    );
+
+    // The baseline: COPY of the same rows into a copy of the table, same database.
+    app.db
+        .execute_unprepared("CREATE TABLE copy_baseline (LIKE job_executions INCLUDING ALL)")
+        .await?;
+    let job = status["job"].as_str().context("a job")?.to_owned();
+    let mut csv = String::with_capacity(devices as usize * 120);
+    let at = chrono::Utc::now().to_rfc3339();
+    for i in 1..=devices {
+        csv.push_str(&format!(
+            "{job},dev-{i:07},1,1,QUEUED,,,,,{at},,{at},{id},0,\n"
+        ));
+    }
+    let started = Instant::now();
+    let mut psql = std::process::Command::new("psql")
+        .arg(&app.database_url)
+        .args(["-q", "-c", "\\copy copy_baseline (job_id, device_id, execution_number, version, state, step, progress, error_code, error_message, queued_at, started_at, updated_at, rollout_id, wave, retry_at) FROM STDIN WITH (FORMAT csv)"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("running psql (the PostgreSQL client)")?;
+    psql.stdin
+        .take()
+        .context("psql stdin")?
+        .write_all(csv.as_bytes())?;
+    let ok = psql.wait()?;
+    let copy = started.elapsed();
+    anyhow::ensure!(ok.success(), "psql COPY failed");
+    let rows = app
+        .db
+        .query_one_raw(Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT count(*) AS n FROM copy_baseline",
+        ))
+        .await?
+        .context("a count")?
+        .try_get::<i64>("", "n")?;
+    anyhow::ensure!(rows == devices as i64, "COPY wrote {rows} rows");
+
+    // P4: status latency against the HTTP floor.
+    let status_path = format!("/v1/rollouts/{id}");
+    let latency = |path: String| {
+        let app = &app;
+        async move {
+            let mut times = Vec::with_capacity(requests);
+            // Warm up: connections in the pools, caches.
+            for _ in 0..20 {
+                app.request(Method::GET, &path, Some(&app.admin_token))
+                    .send()
+                    .await?
+                    .bytes()
+                    .await?;
+            }
+            for _ in 0..requests {
+                let t = Instant::now();
+                let response = app
+                    .request(Method::GET, &path, Some(&app.admin_token))
+                    .send()
+                    .await?;
+                anyhow::ensure!(response.status().is_success());
+                response.bytes().await?;
+                times.push(t.elapsed());
+            }
+            times.sort();
+            Ok::<_, anyhow::Error>((times[times.len() / 2], times[times.len() * 99 / 100]))
+        }
+    };
+    let (s50, s99) = latency(status_path).await?;
+    let (h50, h99) = latency("/v1/health".to_owned()).await?;
+
+    let rate = devices as f64 / fanout.as_secs_f64();
+    println!("| bench | devices | fleetwave | baseline | ratio | goal |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| P1 fan-out (queue + history + targets + notice) vs COPY of the executions | {devices} | {:.2} s ({rate:.0} devices/s) | {:.2} s | {:.2}× | ≥ 50k devices/s, ≤ 2× |",
+        fanout.as_secs_f64(),
+        copy.as_secs_f64(),
+        fanout.as_secs_f64() / copy.as_secs_f64()
+    );
+    println!(
+        "| P4 status p50 / p99 vs /v1/health | {devices} executions | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.2}× (p99) | p99 < 50 ms |",
+        s50.as_secs_f64() * 1e3,
+        s99.as_secs_f64() * 1e3,
+        h50.as_secs_f64() * 1e3,
+        h99.as_secs_f64() * 1e3,
+        s99.as_secs_f64() / h99.as_secs_f64()
+    );
+    Ok(())
+}
