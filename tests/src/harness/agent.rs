@@ -34,6 +34,8 @@ pub struct AgentOptions {
     pub groups: Vec<String>,
     /// The health check command (empty: the built-in one).
     pub health: Vec<String>,
+    /// Extra environment of the agent process (e.g. `SSL_CERT_FILE`).
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentOptions {
@@ -47,6 +49,7 @@ impl AgentOptions {
             threshold: 1,
             groups: Vec::new(),
             health: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -60,6 +63,7 @@ pub struct TestAgent {
     stop: Arc<AtomicBool>,
     /// How many times the process was started.
     pub starts: Arc<AtomicU32>,
+    env: Vec<(String, String)>,
     supervisor: Option<tokio::task::JoinHandle<()>>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -142,6 +146,7 @@ deadline = "20s"
             original,
             stop: Arc::new(AtomicBool::new(false)),
             starts: Arc::new(AtomicU32::new(0)),
+            env: options.env.clone(),
             supervisor: None,
             _tmp: None,
         })
@@ -150,6 +155,7 @@ deadline = "20s"
     fn command(&self, fault: Option<&str>) -> tokio::process::Command {
         let mut cmd = SpawnSpec {
             dir: self.dir.clone(),
+            env: self.env.clone(),
         }
         .command();
         if let Some(f) = fault {
@@ -191,6 +197,7 @@ deadline = "20s"
         let starts = self.starts.clone();
         let agent = SpawnSpec {
             dir: self.dir.clone(),
+            env: self.env.clone(),
         };
         self.supervisor = Some(tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
@@ -255,6 +262,7 @@ impl Drop for TestAgent {
 
 struct SpawnSpec {
     dir: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl SpawnSpec {
@@ -273,7 +281,8 @@ impl SpawnSpec {
                     .map(Stdio::from)
                     .unwrap_or_else(|_| Stdio::null()),
             )
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 }

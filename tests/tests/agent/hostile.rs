@@ -354,3 +354,92 @@ async fn a_broken_download_resumes_and_refetches_less_than_a_chunk() {
         agent.log()
     );
 }
+
+/// An HTTPS server for `image` with a certificate for 127.0.0.1 issued by a fresh CA; returns
+/// its URL and the CA's PEM. Minimal HTTP/1.1: one GET per connection, the whole image.
+async fn https_server(image: Vec<u8>) -> (String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fleetwave_tests::harness::init();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server_cert.der().clone(), ca.der().clone()],
+            tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der())
+                .unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}/image",
+        listener.local_addr().unwrap().port()
+    );
+    let image = Arc::new(image);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let image = image.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    image.len()
+                );
+                let _ = tls.write_all(head.as_bytes()).await;
+                let _ = tls.write_all(&image).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (url, ca.pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_over_https_verify_the_server_certificate() {
+    let world = World::new(200_000).await;
+    let (url, ca) = https_server(world.image.clone()).await;
+    let good =
+        SignedManifest::sign(manifest(&world.image, "2.0.0", 86_400), &[&world.key]).unwrap();
+    let ca_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca_file.path(), ca).unwrap();
+
+    // Trusting the server's CA (as a device trusts its store's), the download goes through
+    // the agent's pure-Rust TLS.
+    let mut trusting = AgentOptions::new(&device_id("tls"), world.key.public());
+    trusting.env = vec![("SSL_CERT_FILE".into(), ca_file.path().display().to_string())];
+    let agent = idle_agent(&world, &trusting).await;
+    let job = silent_job(&world, &trusting.id).await;
+    deliver(&world, &trusting.id, &doc(&job, good.clone(), url.clone())).await;
+    let e = world.finished(&job, &trusting.id, || agent.log()).await;
+    assert_eq!(e["state"], "SUCCEEDED", "{e}\n{}", agent.log());
+    assert_eq!(agent.slot("b"), world.image);
+
+    // Without that CA the certificate is refused and nothing is installed.
+    let distrusting = AgentOptions::new(&device_id("notls"), world.key.public());
+    refused(&world, distrusting, "FAILED", "download_failed", |job| {
+        doc(job, good.clone(), url.clone())
+    })
+    .await;
+}

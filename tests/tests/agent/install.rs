@@ -191,3 +191,43 @@ async fn a_rollout_reaches_real_agents_through_the_group_notice() {
         assert_eq!(agent.bootloader()["default"], "b");
     }
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec`), the agent says READY=1 and keeps feeding
+/// the watchdog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_notifies_systemd_and_feeds_its_watchdog() {
+    let world = World::new(1000).await;
+    let id = device_id("systemd");
+    world.device(&id).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let socket_path = tmp.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut options = AgentOptions::new(&id, world.key.public());
+    options.env = vec![
+        ("NOTIFY_SOCKET".into(), socket_path.display().to_string()),
+        ("WATCHDOG_USEC".into(), "1000000".into()),
+    ];
+    let mut agent = TestAgent::new(&world.app.mqtt, &options).unwrap();
+    agent.start();
+    let got = tokio::task::spawn_blocking(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while got
+            .iter()
+            .filter(|m: &&String| m.as_str() == "WATCHDOG=1")
+            .count()
+            < 3
+        {
+            let n = socket.recv(&mut buf).expect("a notification within 20 s");
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        got
+    })
+    .await
+    .unwrap();
+    assert_eq!(got[0], "READY=1", "{got:?}");
+    agent.stop();
+}

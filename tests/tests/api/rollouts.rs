@@ -430,6 +430,27 @@ async fn a_failing_canary_halts_clears_the_notice_and_tells_the_webhook() {
 
     // The webhook receives the halt, signed.
     let (headers, body) = hook.wait_for("rollout.halted").await;
+    assert_eq!(
+        hook.refused.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one delivery was refused and retried"
+    );
+    // Delivered in order, each once, with its position in the event log.
+    let ids: Vec<u64> = hook
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(h, _)| {
+            h.get("x-fleetwave-event")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order: {ids:?}");
     let expected = fleetwave::events::signature("hook-secret", body.as_bytes());
     assert_eq!(headers.get("x-fleetwave-signature").unwrap(), &expected);
     let event: Value = serde_json::from_str(&body).unwrap();
@@ -463,6 +484,7 @@ async fn a_failing_canary_halts_clears_the_notice_and_tells_the_webhook() {
 struct Receiver {
     url: String,
     got: std::sync::Arc<Mutex<Vec<(reqwest::header::HeaderMap, String)>>>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Receiver {
@@ -470,11 +492,26 @@ impl Receiver {
         use axum::routing::post;
         let got = std::sync::Arc::new(Mutex::new(Vec::new()));
         let store = got.clone();
+        // The first delivery is refused (500): the service must try again.
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let refusing = refused.clone();
         let router = axum::Router::new().route(
             "/hook",
             post(move |headers: axum::http::HeaderMap, body: String| {
                 let store = store.clone();
+                let refusing = refusing.clone();
                 async move {
+                    if refusing
+                        .compare_exchange(
+                            0,
+                            1,
+                            std::sync::atomic::Ordering::SeqCst,
+                            std::sync::atomic::Ordering::SeqCst,
+                        )
+                        .is_ok()
+                    {
+                        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "try later");
+                    }
                     let mut h = reqwest::header::HeaderMap::new();
                     for (k, v) in headers.iter() {
                         if let (Ok(k), Ok(v)) = (
@@ -485,14 +522,14 @@ impl Receiver {
                         }
                     }
                     store.lock().unwrap().push((h, body));
-                    "ok"
+                    (axum::http::StatusCode::OK, "ok")
                 }
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router).await });
-        Receiver { url, got }
+        Receiver { url, got, refused }
     }
 
     async fn wait_for(&self, kind: &str) -> (reqwest::header::HeaderMap, String) {
