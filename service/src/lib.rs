@@ -10,6 +10,7 @@ pub mod db;
 pub mod events;
 pub mod jobs;
 pub mod mqtt;
+pub mod pki;
 pub mod progress;
 pub mod registry;
 pub mod releases;

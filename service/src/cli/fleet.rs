@@ -39,6 +39,25 @@ pub enum DeviceCommand {
         /// Device id.
         id: String,
     },
+    /// Issue the device its certificate (CN = id) and key from the CA directory (local).
+    Provision {
+        /// Device id.
+        id: String,
+        /// The CA directory.
+        #[arg(long, default_value = "fleetwave-pki")]
+        pki: std::path::PathBuf,
+        /// Where to write device.pem, device.key and ca.pem.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Revoke the device's certificate: the CA's CRL lists it (local).
+    Revoke {
+        /// Device id.
+        id: String,
+        /// The CA directory.
+        #[arg(long, default_value = "fleetwave-pki")]
+        pki: std::path::PathBuf,
+    },
 }
 
 /// Group verbs.
@@ -151,6 +170,9 @@ pub async fn device(cmd: DeviceCommand, server: &ServerArgs, out: Output) -> Res
             let d = client.get(&format!("/v1/devices/{}", encode(&id))).await?;
             let pretty = serde_json::to_string_pretty(&d).context("formatting")?;
             out.emit(pretty, &d);
+        }
+        DeviceCommand::Provision { .. } | DeviceCommand::Revoke { .. } => {
+            bail!("provision and revoke work on the CA directory, not the service")
         }
     }
     Ok(())

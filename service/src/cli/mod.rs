@@ -11,6 +11,7 @@ pub mod client;
 pub mod demo;
 pub mod fleet;
 pub mod key;
+pub mod pki;
 pub mod release;
 pub mod rollout;
 pub mod serve;
@@ -50,6 +51,12 @@ pub enum Command {
     /// Rollouts: create, watch, pause, resume, cancel, approve.
     #[command(subcommand)]
     Rollout(rollout::Command),
+    /// The device certificate authority.
+    #[command(subcommand)]
+    Ca(pki::CaCommand),
+    /// Broker configuration for mutual TLS and per-device ACLs.
+    #[command(subcommand)]
+    Broker(pki::BrokerCommand),
     /// The whole product on this machine: the service on its embedded defaults, N agents,
     /// two signed releases and a live 3-wave rollout (`--fail-rate` shows halt and rollback).
     Demo(demo::Args),
@@ -110,7 +117,15 @@ pub fn run(cli: Cli) -> ExitCode {
             block_on(release::remote(cmd, &cli.server, out))
         }
         Command::Release(cmd) => release::run(cmd, out),
+        Command::Device(fleet::DeviceCommand::Provision {
+            id,
+            pki,
+            out: bundle,
+        }) => pki::provision(&pki, &id, &bundle, out),
+        Command::Device(fleet::DeviceCommand::Revoke { id, pki }) => pki::revoke(&pki, &id, out),
         Command::Device(cmd) => block_on(fleet::device(cmd, &cli.server, out)),
+        Command::Ca(cmd) => pki::ca(cmd, out),
+        Command::Broker(cmd) => pki::broker(cmd, out),
         Command::Group(cmd) => block_on(fleet::group(cmd, &cli.server, out)),
         Command::Token(cmd) => block_on(fleet::token(cmd, &cli.server, out)),
         Command::Rollout(cmd) => block_on(rollout::run(cmd, &cli.server, out)),

@@ -55,3 +55,5 @@ fn with_failing_devices_the_demo_rolls_back_and_halts() {
 }
 
 mod fleet;
+
+mod identity;
