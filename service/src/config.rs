@@ -82,6 +82,29 @@ pub struct MqttSettings {
     pub prefix: String,
     /// The service's client id (one per replica).
     pub client_id: String,
+    /// mqtts: the CA of the broker's certificate (PEM).
+    #[serde(deserialize_with = "empty_as_none")]
+    pub ca: Option<String>,
+    /// mqtts: the service's client certificate (PEM).
+    #[serde(deserialize_with = "empty_as_none")]
+    pub cert: Option<String>,
+    /// mqtts: its key (PEM).
+    #[serde(deserialize_with = "empty_as_none")]
+    pub key: Option<String>,
+}
+
+impl MqttSettings {
+    /// The TLS files, when all three are set.
+    pub fn tls(&self) -> Option<crate::mqtt::bridge::TlsFiles> {
+        match (&self.ca, &self.cert, &self.key) {
+            (Some(ca), Some(cert), Some(key)) => Some(crate::mqtt::bridge::TlsFiles {
+                ca: ca.into(),
+                cert: cert.into(),
+                key: key.into(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// `[server]`

@@ -55,9 +55,11 @@ impl Application {
             .clone()
             .unwrap_or_else(|| format!("http://{local_addr}"));
         let storage = Storage::from_settings(&settings, &base_url)?;
+        let tls = settings.mqtt.tls();
         let mqtt = Bridge::start(
             &mqtt_url,
             &settings.mqtt.client_id,
+            tls.as_ref(),
             topics,
             db.clone(),
             storage.clone(),

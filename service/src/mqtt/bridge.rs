@@ -39,21 +39,33 @@ impl Bridge {
     pub fn start(
         url: &str,
         client_id: &str,
+        tls: Option<&TlsFiles>,
         topics: Topics,
         db: DatabaseConnection,
         storage: Storage,
     ) -> Result<Self> {
         let parsed = url::Url::parse(url).with_context(|| format!("[mqtt] url {url:?}"))?;
-        if parsed.scheme() != "mqtt" {
-            anyhow::bail!(
-                "[mqtt] url: only mqtt:// is supported yet (TLS arrives with device identity)"
-            );
-        }
+        let secure = match parsed.scheme() {
+            "mqtts" => true,
+            "mqtt" => false,
+            other => anyhow::bail!("[mqtt] url: {other}:// is neither mqtt:// nor mqtts://"),
+        };
         let host = parsed
             .host_str()
             .context("[mqtt] url has no host")?
             .to_owned();
-        let mut options = MqttOptions::new(client_id, host, parsed.port().unwrap_or(1883));
+        let port = parsed.port().unwrap_or(if secure { 8883 } else { 1883 });
+        let mut options = MqttOptions::new(client_id, host, port);
+        if secure {
+            let files = tls.context("[mqtt] ca, cert and key are required for mqtts://")?;
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(files.client_config()?)),
+            ));
+        } else {
+            tracing::warn!(
+                "connecting to the MQTT broker over plain TCP: use mqtts:// with [mqtt] ca, cert and key in production"
+            );
+        }
         options
             .set_keep_alive(Duration::from_secs(30))
             .set_clean_session(false)
@@ -284,4 +296,42 @@ impl Bridge {
 enum Answer {
     Shadow(Vec<Outgoing>),
     Job(Option<Vec<u8>>),
+}
+
+/// The service's TLS identity towards the broker: the CA that signed the broker's
+/// certificate, and the service's own certificate and key (from `fleetwave broker config`).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// CA certificate(s), PEM.
+    pub ca: std::path::PathBuf,
+    /// The service's certificate, PEM.
+    pub cert: std::path::PathBuf,
+    /// Its key, PEM.
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// A rustls client configuration trusting only `ca` and presenting `cert`/`key`.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&self.ca)
+            .with_context(|| format!("[mqtt] ca {}", self.ca.display()))?
+        {
+            roots
+                .add(c.with_context(|| format!("[mqtt] ca {}", self.ca.display()))?)
+                .with_context(|| format!("[mqtt] ca {}", self.ca.display()))?;
+        }
+        let chain = CertificateDer::pem_file_iter(&self.cert)
+            .with_context(|| format!("[mqtt] cert {}", self.cert.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("[mqtt] cert {}", self.cert.display()))?;
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .with_context(|| format!("[mqtt] key {}", self.key.display()))?;
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .context("[mqtt] cert and key do not form an identity")
+    }
 }

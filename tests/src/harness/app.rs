@@ -49,6 +49,9 @@ pub struct Options {
     pub tick_ms: u64,
     /// Webhooks for events.
     pub webhooks: Vec<fleetwave::config::Webhook>,
+    /// Another broker than the run's Mosquitto: its namespace, URL and the service's TLS
+    /// files (for a TLS broker the test started).
+    pub broker: Option<(TestMqtt, String, Option<fleetwave::mqtt::bridge::TlsFiles>)>,
 }
 
 impl Options {
@@ -65,6 +68,7 @@ impl Options {
             engine: false,
             tick_ms: 50,
             webhooks: Vec::new(),
+            broker: None,
         }
     }
 }
@@ -133,8 +137,22 @@ impl TestApp {
         settings.rollouts.tick_ms = options.tick_ms;
         settings.events.webhooks = options.webhooks.clone();
         // The real broker of this run, in a namespace of this test's own.
-        let mqtt = TestMqtt::new();
-        settings.mqtt.url = Some(format!("mqtt://{}:{}", mqtt.host, mqtt.port).into());
+        let (mqtt, url) = match &options.broker {
+            Some((mqtt, url, tls)) => {
+                if let Some(tls) = tls {
+                    settings.mqtt.ca = Some(tls.ca.display().to_string());
+                    settings.mqtt.cert = Some(tls.cert.display().to_string());
+                    settings.mqtt.key = Some(tls.key.display().to_string());
+                }
+                (mqtt.clone(), url.clone())
+            }
+            None => {
+                let mqtt = TestMqtt::new();
+                let url = format!("mqtt://{}:{}", mqtt.host, mqtt.port);
+                (mqtt, url)
+            }
+        };
+        settings.mqtt.url = Some(url.into());
         settings.mqtt.prefix = mqtt.prefix.clone();
         settings.mqtt.client_id = mqtt.client_id("service");
         if let Some(bucket) = &options.s3 {

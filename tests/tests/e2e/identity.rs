@@ -90,6 +90,33 @@ fn pump(mut events: EventLoop) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move { while events.poll().await.is_ok() {} })
 }
 
+/// Starts Mosquitto on `port` with the configuration in `d/broker`.
+async fn start_mosquitto(d: &Path, port: u16) -> tokio::process::Child {
+    // Mosquitto started as root reads its files as the `mosquitto` user.
+    use std::os::unix::fs::PermissionsExt;
+    for path in [d.to_owned(), d.join("broker")] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for f in std::fs::read_dir(d.join("broker")).unwrap() {
+        std::fs::set_permissions(f.unwrap().path(), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+    }
+    let broker = tokio::process::Command::new("mosquitto")
+        .arg("-c")
+        .arg(d.join("broker/mosquitto.conf"))
+        .kill_on_drop(true)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto (installed by scripts/services.sh)");
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    broker
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_confines_each_device_to_its_own_topics() {
     fleetwave_tests::harness::init();
@@ -122,28 +149,7 @@ async fn the_broker_confines_each_device_to_its_own_topics() {
             "fw",
         ],
     );
-    // Mosquitto started as root reads its files as the `mosquitto` user.
-    use std::os::unix::fs::PermissionsExt;
-    for path in [d.to_owned(), d.join("broker")] {
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    for f in std::fs::read_dir(d.join("broker")).unwrap() {
-        std::fs::set_permissions(f.unwrap().path(), std::fs::Permissions::from_mode(0o644))
-            .unwrap();
-    }
-    let mut broker = tokio::process::Command::new("mosquitto")
-        .arg("-c")
-        .arg(d.join("broker/mosquitto.conf"))
-        .kill_on_drop(true)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("mosquitto (installed by scripts/services.sh)");
-    for _ in 0..50 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut broker = start_mosquitto(d, port).await;
     let ca = d.join("broker/ca.pem");
 
     let (service, mut service_events) = client(
@@ -312,5 +318,100 @@ async fn the_broker_confines_each_device_to_its_own_topics() {
         "a certificate from another CA is refused"
     );
     let _ = b;
+    broker.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_speaks_mutual_tls_to_the_broker() {
+    use fleetwave_tests::harness::app::{Backend, Options, TestApp};
+    use fleetwave_tests::harness::mqtt::TestMqtt;
+    fleetwave_tests::harness::init();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let mqtt = TestMqtt::new();
+    fleetwave(d, &["ca", "init", "--dir", "pki"]);
+    fleetwave(
+        d,
+        &[
+            "device",
+            "provision",
+            "pi-tls",
+            "--pki",
+            "pki",
+            "--out",
+            "pi-tls",
+        ],
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    fleetwave(
+        d,
+        &[
+            "broker",
+            "config",
+            "--pki",
+            "pki",
+            "--out",
+            "broker",
+            "--port",
+            &port.to_string(),
+            "--host",
+            "127.0.0.1",
+            "--prefix",
+            &mqtt.prefix,
+        ],
+    );
+    let mut broker = start_mosquitto(d, port).await;
+    let tls = fleetwave::mqtt::bridge::TlsFiles {
+        ca: d.join("broker/ca.pem"),
+        cert: d.join("broker/service.pem"),
+        key: d.join("broker/service.key"),
+    };
+    let mut options = Options::new(Backend::Postgres);
+    options.broker = Some((mqtt.clone(), format!("mqtts://127.0.0.1:{port}"), Some(tls)));
+    let app = TestApp::spawn_with(options).await.unwrap();
+    app.call(
+        reqwest::Method::POST,
+        "/v1/devices",
+        Some(serde_json::json!({"id": "pi-tls", "hardware": "rpi4"})),
+    )
+    .await;
+    // The device, over mutual TLS, updates its shadow; the service answers through the broker.
+    let (device, mut events) = client(
+        "pi-tls",
+        port,
+        &d.join("broker/ca.pem"),
+        &d.join("pi-tls/device.pem"),
+        &d.join("pi-tls/device.key"),
+    );
+    assert!(connects(&mut events).await);
+    let base = format!("{}/things/pi-tls", mqtt.prefix);
+    device
+        .subscribe(format!("{base}/shadow/update/accepted"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let _ = received(&mut events, Duration::from_millis(300)).await;
+    device
+        .publish(
+            format!("{base}/shadow/update"),
+            QoS::AtLeastOnce,
+            false,
+            r#"{"state":{"reported":{"firmware":{"version":"1.0.0","slot":"a"}}}}"#,
+        )
+        .await
+        .unwrap();
+    let got = received(&mut events, Duration::from_secs(5)).await;
+    assert!(
+        got.iter()
+            .any(|(t, _)| t.ends_with("/shadow/update/accepted")),
+        "{got:?}"
+    );
+    let (_, registered) = app
+        .call(reqwest::Method::GET, "/v1/devices/pi-tls", None)
+        .await;
+    assert_eq!(registered["firmware_version"], "1.0.0");
     broker.kill().await.unwrap();
 }
