@@ -194,7 +194,7 @@ impl Engine {
                 .iter()
                 .enumerate()
                 .map(|(i, w)| WaveView {
-                    counts: counts(w),
+                    counts: plan::Counts::from(w),
                     threshold_met_at: w.threshold_met_at,
                     approved: !spec.waves[i].approval || w.approved_at.is_some(),
                 })
@@ -852,22 +852,6 @@ pub(crate) async fn load_waves(
         .order_by_asc(rollout_waves::Column::Wave)
         .all(db)
         .await
-}
-
-fn counts(w: &rollout_waves::Model) -> plan::Counts {
-    plan::Counts {
-        planned: w.planned,
-        queued: w.queued,
-        in_progress: w.in_progress,
-        succeeded: w.succeeded,
-        failed: w.failed,
-        rejected: w.rejected,
-        timed_out: w.timed_out,
-        canceled: w.canceled,
-        removed: w.removed,
-        retrying: w.retrying,
-        incompatible: w.incompatible,
-    }
 }
 
 async fn mark_started(

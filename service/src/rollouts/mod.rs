@@ -110,30 +110,11 @@ impl Rollout {
 pub struct WaveStatus {
     /// From 1.
     pub wave: u32,
-    /// Devices assigned to it.
-    pub planned: i64,
     /// Its bucket threshold (devices below it belong to it or an earlier wave).
     pub threshold: i32,
-    /// QUEUED now.
-    pub queued: i64,
-    /// IN_PROGRESS now.
-    pub in_progress: i64,
-    /// SUCCEEDED.
-    pub succeeded: i64,
-    /// FAILED for good.
-    pub failed: i64,
-    /// REJECTED for good.
-    pub rejected: i64,
-    /// TIMED_OUT for good.
-    pub timed_out: i64,
-    /// CANCELED.
-    pub canceled: i64,
-    /// REMOVED.
-    pub removed: i64,
-    /// Waiting for a retry.
-    pub retrying: i64,
-    /// Not queued: cannot take the release.
-    pub incompatible: i64,
+    /// How many of its devices are in each state.
+    #[serde(flatten)]
+    pub counts: plan::Counts,
     /// When it started.
     pub started_at: Option<DateTime<Utc>>,
     /// When its success threshold was met (its soak started).
@@ -146,18 +127,8 @@ impl From<&rollout_waves::Model> for WaveStatus {
     fn from(w: &rollout_waves::Model) -> Self {
         WaveStatus {
             wave: u32::try_from(w.wave).unwrap_or(0) + 1,
-            planned: w.planned,
             threshold: w.threshold,
-            queued: w.queued,
-            in_progress: w.in_progress,
-            succeeded: w.succeeded,
-            failed: w.failed,
-            rejected: w.rejected,
-            timed_out: w.timed_out,
-            canceled: w.canceled,
-            removed: w.removed,
-            retrying: w.retrying,
-            incompatible: w.incompatible,
+            counts: plan::Counts::from(w),
             started_at: w.started_at,
             threshold_met_at: w.threshold_met_at,
             approved_by: w.approved_by.clone(),

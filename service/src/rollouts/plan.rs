@@ -190,7 +190,7 @@ pub fn refill(
 }
 
 /// A wave's counters: how many of its devices are in each state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Counts {
     /// Devices assigned to the wave.
     pub planned: i64,
@@ -214,6 +214,24 @@ pub struct Counts {
     pub retrying: i64,
     /// Not queued: cannot take the release.
     pub incompatible: i64,
+}
+
+impl From<&crate::registry::entities::rollout_waves::Model> for Counts {
+    fn from(w: &crate::registry::entities::rollout_waves::Model) -> Self {
+        Counts {
+            planned: w.planned,
+            queued: w.queued,
+            in_progress: w.in_progress,
+            succeeded: w.succeeded,
+            failed: w.failed,
+            rejected: w.rejected,
+            timed_out: w.timed_out,
+            canceled: w.canceled,
+            removed: w.removed,
+            retrying: w.retrying,
+            incompatible: w.incompatible,
+        }
+    }
 }
 
 impl Counts {
