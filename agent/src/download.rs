@@ -74,8 +74,10 @@ pub async fn fetch(
     let mut skip = match status {
         StatusCode::PARTIAL_CONTENT => 0,
         StatusCode::OK => from,
-        StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => return Err(Stop::UrlRefused(status)),
-        s if s == StatusCode::BAD_REQUEST => return Err(Stop::UrlRefused(status)),
+        // S3 answers 403 to an expired or tampered presigned URL (400 from some stores).
+        StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST => {
+            return Err(Stop::UrlRefused(status));
+        }
         s => return Err(Stop::Status(s)),
     };
     // A declared length past the signed size is refused before a byte is written.

@@ -57,6 +57,8 @@ pub struct Agent {
     state: State,
     boot: Box<dyn Bootloader>,
     booted: Slot,
+    /// Whether this boot is the bootloader's one-shot trial.
+    trial: bool,
     client: AsyncClient,
     inbox: mpsc::UnboundedReceiver<Inbound>,
     held: VecDeque<Inbound>,
@@ -104,6 +106,7 @@ impl Agent {
             state,
             boot,
             booted,
+            trial,
             client,
             inbox,
             held: VecDeque::new(),
@@ -113,13 +116,12 @@ impl Agent {
     }
 
     async fn serve(&mut self) -> Result<Exit> {
-        let (_, trial) = self.boot.booted()?;
         crate::watchdog::start();
         self.wait_connected().await;
         self.report_firmware().await;
         if let Some(exit) = self
             .feed(Event::Started {
-                trial,
+                trial: self.trial,
                 booted: self.booted,
             })
             .await?
@@ -391,6 +393,20 @@ impl Agent {
     async fn refresh_url(&mut self, job: &str) {
         let topic = self.topics.job_get(&self.thing, job);
         self.publish(topic, json!({})).await;
+        let fresh = self
+            .wait_for(|m| match m {
+                Inbound::Job(doc) if doc.job == job => Some(doc.url.clone()),
+                _ => None,
+            })
+            .await;
+        if let (Some(url), Some(work)) = (fresh, &mut self.state.work) {
+            work.url = url;
+        }
+    }
+
+    /// Waits up to [`REPORT_WAIT`] for the first message `pick` takes; everything else is
+    /// kept, in order, for the main loop (acknowledgements nobody waits for are dropped).
+    async fn wait_for<T>(&mut self, mut pick: impl FnMut(&Inbound) -> Option<T>) -> Option<T> {
         let deadline = Instant::now() + REPORT_WAIT;
         while let Ok(Some(message)) = tokio::time::timeout(
             deadline.saturating_duration_since(Instant::now()),
@@ -398,16 +414,13 @@ impl Agent {
         )
         .await
         {
-            match message {
-                Inbound::Job(doc) if doc.job == job => {
-                    if let Some(work) = &mut self.state.work {
-                        work.url = doc.url.clone();
-                    }
-                    return;
-                }
-                other => self.held.push_back(other),
+            match pick(&message) {
+                Some(found) => return Some(found),
+                None if matches!(message, Inbound::Accepted(_)) => {}
+                None => self.held.push_back(message),
             }
         }
+        None
     }
 
     async fn verify_slot(&mut self, job: &Job, slot: Slot) -> Result<Event> {
@@ -563,20 +576,9 @@ impl Agent {
         let body = json!({"state": {"reported": reported}, "clientToken": token});
         let topic = self.topics.shadow(&self.thing, ShadowOp::Update);
         self.publish(topic, body).await;
-        let deadline = Instant::now() + REPORT_WAIT;
-        while let Ok(Some(message)) = tokio::time::timeout(
-            deadline.saturating_duration_since(Instant::now()),
-            self.inbox.recv(),
-        )
-        .await
-        {
-            match message {
-                Inbound::Accepted(t) if t == token => return true,
-                Inbound::Accepted(_) => {}
-                other => self.held.push_back(other),
-            }
-        }
-        false
+        self.wait_for(|m| matches!(m, Inbound::Accepted(t) if *t == token).then_some(()))
+            .await
+            .is_some()
     }
 
     async fn publish(&self, topic: String, body: Value) {

@@ -111,3 +111,17 @@ pub async fn insert_json_rows(
     .await?;
     Ok(())
 }
+
+/// A raw statement written with PostgreSQL's `$n` placeholders, for either backend (SQLite
+/// reads them as `?n`).
+pub fn statement(
+    backend: sea_orm::DatabaseBackend,
+    sql: &str,
+    values: Vec<sea_orm::Value>,
+) -> sea_orm::Statement {
+    let sql = match backend {
+        sea_orm::DatabaseBackend::Sqlite => sql.replace('$', "?"),
+        _ => sql.to_owned(),
+    };
+    sea_orm::Statement::from_sql_and_values(backend, sql, values)
+}

@@ -3,7 +3,7 @@
 //! paged by device id; served as JSON or CSV.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, FromQueryResult, Statement};
+use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
 use serde::Serialize;
 
 /// One device's line.
@@ -57,11 +57,7 @@ pub async fn lines(
          LEFT JOIN api_tokens ct ON ct.id = j.created_by \
          LEFT JOIN api_tokens apr ON apr.id = w.approved_by \
          WHERE d.id > $1 ORDER BY d.id LIMIT $2";
-    let sql = match backend {
-        DatabaseBackend::Sqlite => sql.replace('$', "?"),
-        _ => sql.to_owned(),
-    };
-    DeviceLine::find_by_statement(Statement::from_sql_and_values(
+    DeviceLine::find_by_statement(crate::db::statement(
         backend,
         sql,
         vec![

@@ -176,15 +176,14 @@ impl Engine {
                 >= manifest.expires_at
             {
                 let reason = format!("the release's manifest expired at {}", manifest.expires_at);
-                self.finish(txn, row, State::Halted, Some(reason), now)
-                    .await?;
+                finish(txn, row, State::Halted, Some(reason), &Actor::system(), now).await?;
                 out.clear = static_group.filter(|_| row.notice_wave.is_some());
                 return Ok(());
             }
             self.time_out(txn, row, &spec, now).await?;
             self.retry_due(txn, row, now, out).await?;
             if group.is_some() {
-                self.take_in_joiners(txn, row, &spec, now).await?;
+                self.take_in_joiners(txn, row, &spec).await?;
             }
             self.queue(txn, row, &spec, manifest, now, out).await?;
         }
@@ -250,18 +249,24 @@ impl Engine {
                     break;
                 }
                 Decision::Halt { reason, .. } => {
-                    self.finish(txn, row, State::Halted, Some(reason), now)
-                        .await?;
+                    finish(txn, row, State::Halted, Some(reason), &Actor::system(), now).await?;
                     break;
                 }
                 Decision::End => {
                     let reason = "its end time passed before it finished".to_owned();
-                    self.finish(txn, row, State::Canceled, Some(reason), now)
-                        .await?;
+                    finish(
+                        txn,
+                        row,
+                        State::Canceled,
+                        Some(reason),
+                        &Actor::system(),
+                        now,
+                    )
+                    .await?;
                     break;
                 }
                 Decision::Complete => {
-                    self.finish(txn, row, State::Completed, None, now).await?;
+                    finish(txn, row, State::Completed, None, &Actor::system(), now).await?;
                     break;
                 }
             }
@@ -370,7 +375,6 @@ impl Engine {
         txn: &DatabaseTransaction,
         row: &rollouts::Model,
         spec: &NewRollout,
-        _now: DateTime<Utc>,
     ) -> Result<()> {
         let joiners = target_devices(txn, &row.id, spec, true).await?;
         if joiners.is_empty() {
@@ -449,7 +453,7 @@ impl Engine {
                 break;
             }
             let ids: Vec<String> = batch.iter().map(|t| t.device_id.clone()).collect();
-            let found = load_devices(txn, &row.id, &ids).await?;
+            let found = load_devices(txn, &ids).await?;
             let mut executions = Vec::new();
             let mut history = Vec::new();
             let mut queued_ids = Vec::new();
@@ -629,19 +633,6 @@ impl Engine {
         Ok(())
     }
 
-    /// Ends the rollout in `to`; a halt or cancel cancels what is still queued and every
-    /// retry still waiting.
-    async fn finish(
-        &self,
-        txn: &DatabaseTransaction,
-        row: &mut rollouts::Model,
-        to: State,
-        reason: Option<String>,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        finish(txn, row, to, reason, &Actor::system(), now).await
-    }
-
     /// Sends what a committed step decided.
     async fn send(&self, row: &rollouts::Model, out: Outbox) -> Result<()> {
         if let Some(group) = out.clear {
@@ -769,7 +760,7 @@ async fn cancel_outstanding(
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
     let backend = txn.get_database_backend();
-    txn.execute_raw(statement(
+    txn.execute_raw(crate::db::statement(
         backend,
         "INSERT INTO execution_history (job_id, device_id, execution_number, from_state, to_state, \
          step, progress, error_code, hardware, firmware_version, at) \
@@ -780,7 +771,7 @@ async fn cancel_outstanding(
         vec![now.into(), row.job_id.clone().into()],
     ))
     .await?;
-    txn.execute_raw(statement(
+    txn.execute_raw(crate::db::statement(
         backend,
         "UPDATE job_executions SET state = 'CANCELED', version = version + 1, updated_at = $1, \
          error_code = 'rollout_stopped', error_message = $2 \
@@ -831,15 +822,6 @@ async fn cancel_outstanding(
             .await?;
     }
     Ok(())
-}
-
-/// A raw statement written with `$n` placeholders, for either backend.
-fn statement(backend: DatabaseBackend, sql: &str, values: Vec<sea_orm::Value>) -> Statement {
-    let sql = match backend {
-        DatabaseBackend::Sqlite => sql.replace('$', "?"),
-        _ => sql.to_owned(),
-    };
-    Statement::from_sql_and_values(backend, sql, values)
 }
 
 /// The rollout's waves, in order.
@@ -960,7 +942,6 @@ async fn insert_targets(
 /// The registered devices among `ids` (missing ones were deleted), by id.
 async fn load_devices(
     txn: &impl ConnectionTrait,
-    rollout: &str,
     ids: &[String],
 ) -> Result<BTreeMap<String, devices::Model>, DbErr> {
     let mut found = BTreeMap::new();
@@ -976,7 +957,6 @@ async fn load_devices(
             ))
             .all(txn)
             .await?;
-        let _ = rollout;
         for d in rows {
             found.insert(d.id.clone(), d);
         }

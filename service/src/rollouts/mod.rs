@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use serde::Serialize;
 
@@ -497,12 +497,4 @@ pub async fn act(
     }
     txn.commit().await?;
     Ok(Rollout::from_row(row))
-}
-
-/// How many executions a rollout has (for tests and benchmarks; status never needs it).
-pub async fn execution_count(db: &impl ConnectionTrait, job: &str) -> Result<u64, DbErr> {
-    crate::registry::entities::job_executions::Entity::find()
-        .filter(crate::registry::entities::job_executions::Column::JobId.eq(job))
-        .count(db)
-        .await
 }
