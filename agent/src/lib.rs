@@ -11,5 +11,6 @@ pub mod run;
 pub mod slots;
 pub mod state;
 pub mod store;
+pub mod tunnel;
 pub mod verify;
 pub mod watchdog;

@@ -12,7 +12,7 @@ use fleetwave_artifacts::protocol::jobs::{JobDocument, WaveNotice};
 use fleetwave_artifacts::protocol::topics::{Reply, Request, ShadowOp, Topics};
 use fleetwave_artifacts::rules::{Device, Request as RuleRequest};
 use fleetwave_artifacts::{DeviceId, SignedManifest, Timestamp, TrustedKeys};
-use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS, Transport};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -23,6 +23,7 @@ use crate::health;
 use crate::slots::{self, Bootloader, REBOOT_EXIT};
 use crate::state::machine::{self as machine, Action, Event, Failure, Job, Outcome, Phase, Slot};
 use crate::store::{State, Store, Work};
+use crate::tunnel::{self, Tunnel};
 use crate::verify::{self, Trust};
 
 /// Download attempts before a download counts as failed.
@@ -638,14 +639,31 @@ fn connect(
     topics: &Topics,
 ) -> Result<(AsyncClient, mpsc::UnboundedReceiver<Inbound>)> {
     let url = url_parts(&config.broker.url)?;
-    if url.tls {
-        bail!(
-            "broker.url: mqtts:// needs the TLS support that arrives with device identity; \
-             use mqtt:// with allow_plaintext = true meanwhile"
+    let mut options = if url.tls {
+        let (Some(ca), Some(cert), Some(key)) =
+            (&config.broker.ca, &config.broker.cert, &config.broker.key)
+        else {
+            bail!("broker.ca, broker.cert and broker.key are required for mqtts://");
+        };
+        let tls = tunnel::client_config(ca, cert, key)?;
+        let tunnel = Tunnel::start(
+            tls,
+            &url.host,
+            url.port,
+            &config.data_dir.join("broker.sock"),
+        )?;
+        tracing::info!(broker = %config.broker.url, "connecting to the broker over mutual TLS");
+        let mut options = MqttOptions::new(
+            thing.as_str(),
+            tunnel.socket.to_string_lossy().into_owned(),
+            0,
         );
-    }
-    tracing::warn!(broker = %config.broker.url, "connecting to the broker over plain TCP (allow_plaintext)");
-    let mut options = MqttOptions::new(thing.as_str(), url.host, url.port);
+        options.set_transport(Transport::Unix);
+        options
+    } else {
+        tracing::warn!(broker = %config.broker.url, "connecting to the broker over plain TCP (allow_plaintext)");
+        MqttOptions::new(thing.as_str(), url.host, url.port)
+    };
     options
         .set_keep_alive(Duration::from_secs(30))
         .set_clean_session(false)

@@ -36,6 +36,9 @@ pub struct AgentOptions {
     pub health: Vec<String>,
     /// Extra environment of the agent process (e.g. `SSL_CERT_FILE`).
     pub env: Vec<(String, String)>,
+    /// Connect over mutual TLS instead of plain MQTT: the broker's `mqtts://` URL and the
+    /// device's bundle from `fleetwave device provision`.
+    pub tls: Option<(String, PathBuf)>,
 }
 
 impl AgentOptions {
@@ -50,6 +53,7 @@ impl AgentOptions {
             groups: Vec::new(),
             health: Vec::new(),
             env: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -103,6 +107,18 @@ impl TestAgent {
             .map(|g| format!("{g:?}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let broker = match &options.tls {
+            Some((url, bundle)) => format!(
+                "url = \"{url}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"",
+                bundle.join("ca.pem").display(),
+                bundle.join("device.pem").display(),
+                bundle.join("device.key").display()
+            ),
+            None => format!(
+                "url = \"mqtt://{}:{}\"\nallow_plaintext = true",
+                mqtt.host, mqtt.port
+            ),
+        };
         let config = format!(
             r#"device_id = "{id}"
 hardware = "{hardware}"
@@ -111,8 +127,7 @@ version = "{version}"
 groups = [{groups}]
 
 [broker]
-url = "mqtt://{host}:{port}"
-allow_plaintext = true
+{broker}
 prefix = "{prefix}"
 
 [trust]
@@ -132,8 +147,6 @@ deadline = "20s"
             hardware = options.hardware,
             data = dir.join("data").display(),
             version = options.version,
-            host = mqtt.host,
-            port = mqtt.port,
             prefix = mqtt.prefix,
             keys = dir.join("release.pub").display(),
             threshold = options.threshold,
@@ -193,6 +206,7 @@ deadline = "20s"
 
     /// Starts the supervisor: the agent runs, and starts again whenever it "reboots".
     pub fn start(&mut self) {
+        self.stop.store(false, Ordering::SeqCst);
         let stop = self.stop.clone();
         let starts = self.starts.clone();
         let agent = SpawnSpec {
@@ -236,6 +250,19 @@ deadline = "20s"
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
+    }
+
+    /// Waits up to 10 s for the persisted phase to be `phase` (e.g. `Idle` once the service
+    /// confirmed the last report); returns the state it ended with.
+    pub async fn settled(&self, phase: &str) -> serde_json::Value {
+        for _ in 0..100 {
+            let state = self.state();
+            if state["phase"] == phase {
+                return state;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        self.state()
     }
 
     /// The simulated bootloader: `{default, trial, booted, booted_trial}`.

@@ -11,6 +11,7 @@ pub mod own_postgres;
 pub mod postgres;
 pub mod s3;
 pub mod service;
+pub mod tls_broker;
 
 use std::sync::Once;
 

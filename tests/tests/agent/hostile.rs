@@ -200,13 +200,7 @@ async fn refused(
         options.version.as_str()
     );
     // The agent goes idle once the service confirmed the report.
-    for _ in 0..50 {
-        if agent.state()["phase"] == "Idle" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(agent.state()["phase"], "Idle");
+    assert_eq!(agent.settled("Idle").await["phase"], "Idle");
     agent.stop();
 }
 

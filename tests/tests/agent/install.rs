@@ -50,7 +50,12 @@ async fn a_full_update_trial_boots_commits_and_reports_success() {
         agent.starts.load(std::sync::atomic::Ordering::SeqCst) >= 2,
         "it rebooted into the trial"
     );
-    assert_eq!(agent.state()["phase"], "Idle");
+    assert_eq!(
+        agent.settled("Idle").await["phase"],
+        "Idle",
+        "{}",
+        agent.log()
+    );
 }
 
 /// Every point where the agent persists (and one in the middle of the slot write): the

@@ -5,6 +5,7 @@
 
 mod hostile;
 mod install;
+mod tls;
 mod tryboot;
 
 use std::time::Duration;
@@ -52,8 +53,12 @@ pub struct World {
 
 impl World {
     pub async fn new(image_len: usize) -> World {
+        World::with(image_len, Options::new(Backend::Postgres)).await
+    }
+
+    /// As [`World::new`], with the service set up by `options` (e.g. on another broker).
+    pub async fn with(image_len: usize, mut options: Options) -> World {
         let key = SecretKey::generate().unwrap();
-        let mut options = Options::new(Backend::Postgres);
         options.trusted_keys = vec![key.public()];
         options.s3 = Some(TestBucket::new().await.unwrap());
         let app = TestApp::spawn_with(options).await.unwrap();

@@ -6,25 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetwave_tests::harness::bin;
+use fleetwave_tests::harness::tls_broker::{TlsBroker, fleetwave};
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
 };
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-fn fleetwave(dir: &Path, args: &[&str]) {
-    let out = bin::command("fleetwave")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fleetwave {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A TLS client with the certificate and key in `cert`/`key`, trusting `ca`.
 fn client(name: &str, port: u16, ca: &Path, cert: &Path, key: &Path) -> (AsyncClient, EventLoop) {
@@ -90,66 +77,16 @@ fn pump(mut events: EventLoop) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move { while events.poll().await.is_ok() {} })
 }
 
-/// Starts Mosquitto on `port` with the configuration in `d/broker`.
-async fn start_mosquitto(d: &Path, port: u16) -> tokio::process::Child {
-    // Mosquitto started as root reads its files as the `mosquitto` user.
-    use std::os::unix::fs::PermissionsExt;
-    for path in [d.to_owned(), d.join("broker")] {
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    for f in std::fs::read_dir(d.join("broker")).unwrap() {
-        std::fs::set_permissions(f.unwrap().path(), std::fs::Permissions::from_mode(0o644))
-            .unwrap();
-    }
-    let broker = tokio::process::Command::new("mosquitto")
-        .arg("-c")
-        .arg(d.join("broker/mosquitto.conf"))
-        .kill_on_drop(true)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("mosquitto (installed by scripts/services.sh)");
-    for _ in 0..50 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    broker
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_confines_each_device_to_its_own_topics() {
     fleetwave_tests::harness::init();
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    fleetwave(d, &["ca", "init", "--dir", "pki"]);
+    let mut broker = TlsBroker::start("fw").await.unwrap();
     for id in ["dev-a", "dev-b", "dev-c"] {
-        fleetwave(d, &["device", "provision", id, "--pki", "pki", "--out", id]);
+        broker.provision(id).unwrap();
     }
-    fleetwave(d, &["device", "revoke", "dev-c", "--pki", "pki"]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    fleetwave(
-        d,
-        &[
-            "broker",
-            "config",
-            "--pki",
-            "pki",
-            "--out",
-            "broker",
-            "--port",
-            &port.to_string(),
-            "--host",
-            "127.0.0.1",
-            "--prefix",
-            "fw",
-        ],
-    );
-    let mut broker = start_mosquitto(d, port).await;
+    broker.revoke("dev-c").await.unwrap();
+    let port = broker.port;
+    let d = broker.dir().to_owned();
     let ca = d.join("broker/ca.pem");
 
     let (service, mut service_events) = client(
@@ -293,9 +230,9 @@ async fn the_broker_confines_each_device_to_its_own_topics() {
         "a revoked certificate is refused"
     );
     let other = d.join("other");
-    fleetwave(d, &["ca", "init", "--dir", "other-pki"]);
+    fleetwave(&d, &["ca", "init", "--dir", "other-pki"]).unwrap();
     fleetwave(
-        d,
+        &d,
         &[
             "device",
             "provision",
@@ -305,7 +242,8 @@ async fn the_broker_confines_each_device_to_its_own_topics() {
             "--out",
             other.to_str().unwrap(),
         ],
-    );
+    )
+    .unwrap();
     let (_x, mut x_events) = client(
         "x",
         port,
@@ -318,7 +256,6 @@ async fn the_broker_confines_each_device_to_its_own_topics() {
         "a certificate from another CA is refused"
     );
     let _ = b;
-    broker.kill().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,52 +263,12 @@ async fn the_service_speaks_mutual_tls_to_the_broker() {
     use fleetwave_tests::harness::app::{Backend, Options, TestApp};
     use fleetwave_tests::harness::mqtt::TestMqtt;
     fleetwave_tests::harness::init();
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
     let mqtt = TestMqtt::new();
-    fleetwave(d, &["ca", "init", "--dir", "pki"]);
-    fleetwave(
-        d,
-        &[
-            "device",
-            "provision",
-            "pi-tls",
-            "--pki",
-            "pki",
-            "--out",
-            "pi-tls",
-        ],
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    fleetwave(
-        d,
-        &[
-            "broker",
-            "config",
-            "--pki",
-            "pki",
-            "--out",
-            "broker",
-            "--port",
-            &port.to_string(),
-            "--host",
-            "127.0.0.1",
-            "--prefix",
-            &mqtt.prefix,
-        ],
-    );
-    let mut broker = start_mosquitto(d, port).await;
-    let tls = fleetwave::mqtt::bridge::TlsFiles {
-        ca: d.join("broker/ca.pem"),
-        cert: d.join("broker/service.pem"),
-        key: d.join("broker/service.key"),
-    };
+    let broker = TlsBroker::start(&mqtt.prefix).await.unwrap();
+    let bundle = broker.provision("pi-tls").unwrap();
+    let tls = broker.service_tls();
     let mut options = Options::new(Backend::Postgres);
-    options.broker = Some((mqtt.clone(), format!("mqtts://127.0.0.1:{port}"), Some(tls)));
+    options.broker = Some((mqtt.clone(), broker.url(), Some(tls)));
     let app = TestApp::spawn_with(options).await.unwrap();
     app.call(
         reqwest::Method::POST,
@@ -382,10 +279,10 @@ async fn the_service_speaks_mutual_tls_to_the_broker() {
     // The device, over mutual TLS, updates its shadow; the service answers through the broker.
     let (device, mut events) = client(
         "pi-tls",
-        port,
-        &d.join("broker/ca.pem"),
-        &d.join("pi-tls/device.pem"),
-        &d.join("pi-tls/device.key"),
+        broker.port,
+        &broker.ca(),
+        &bundle.join("device.pem"),
+        &bundle.join("device.key"),
     );
     assert!(connects(&mut events).await);
     let base = format!("{}/things/pi-tls", mqtt.prefix);
@@ -413,5 +310,4 @@ async fn the_service_speaks_mutual_tls_to_the_broker() {
         .call(reqwest::Method::GET, "/v1/devices/pi-tls", None)
         .await;
     assert_eq!(registered["firmware_version"], "1.0.0");
-    broker.kill().await.unwrap();
 }

@@ -1,0 +1,144 @@
+//! A Mosquitto of the test's own on a free port, configured by `fleetwave broker config`:
+//! mutual TLS with a fleetwave CA made by `fleetwave ca init`, identity = certificate CN, the
+//! CRL and the per-device ACL. Devices get their bundles from `fleetwave device provision`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use super::bin;
+
+/// The broker process and the directory holding the CA, its configuration and bundles.
+pub struct TlsBroker {
+    /// The TLS listener's port on 127.0.0.1.
+    pub port: u16,
+    /// Topic prefix the ACL is written for.
+    pub prefix: String,
+    tmp: tempfile::TempDir,
+    child: tokio::process::Child,
+}
+
+/// Runs the `fleetwave` binary in `dir`; fails with its stderr.
+pub fn fleetwave(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = bin::command("fleetwave")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("running fleetwave")?;
+    if !out.status.success() {
+        bail!(
+            "fleetwave {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+impl TlsBroker {
+    /// A CA in `pki/`, the broker's files in `broker/`, Mosquitto listening.
+    pub async fn start(prefix: &str) -> Result<TlsBroker> {
+        let tmp = tempfile::tempdir()?;
+        let d = tmp.path();
+        fleetwave(d, &["ca", "init", "--dir", "pki"])?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        fleetwave(
+            d,
+            &[
+                "broker",
+                "config",
+                "--pki",
+                "pki",
+                "--out",
+                "broker",
+                "--port",
+                &port.to_string(),
+                "--host",
+                "127.0.0.1",
+                "--prefix",
+                prefix,
+            ],
+        )?;
+        let child = start_mosquitto(d, port).await?;
+        Ok(TlsBroker {
+            port,
+            prefix: prefix.to_owned(),
+            tmp,
+            child,
+        })
+    }
+
+    /// The directory with `pki/` and `broker/`.
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// `mqtts://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.port)
+    }
+
+    /// The CA certificate devices and the service trust.
+    pub fn ca(&self) -> PathBuf {
+        self.dir().join("broker/ca.pem")
+    }
+
+    /// The service's privileged identity.
+    pub fn service_tls(&self) -> fleetwave::mqtt::bridge::TlsFiles {
+        fleetwave::mqtt::bridge::TlsFiles {
+            ca: self.ca(),
+            cert: self.dir().join("broker/service.pem"),
+            key: self.dir().join("broker/service.key"),
+        }
+    }
+
+    /// Issues device `id` a bundle (`device.pem`, `device.key`, `ca.pem`); returns its folder.
+    pub fn provision(&self, id: &str) -> Result<PathBuf> {
+        fleetwave(
+            self.dir(),
+            &["device", "provision", id, "--pki", "pki", "--out", id],
+        )?;
+        Ok(self.dir().join(id))
+    }
+
+    /// Revokes `id`'s certificate, copies the new CRL to the broker and restarts it, as the
+    /// README tells an operator to.
+    pub async fn revoke(&mut self, id: &str) -> Result<()> {
+        fleetwave(self.dir(), &["device", "revoke", id, "--pki", "pki"])?;
+        std::fs::copy(
+            self.dir().join("pki/crl.pem"),
+            self.dir().join("broker/crl.pem"),
+        )?;
+        self.child.kill().await?;
+        self.child = start_mosquitto(self.tmp.path(), self.port).await?;
+        Ok(())
+    }
+}
+
+/// Starts Mosquitto on `port` with the configuration in `d/broker`; waits until it listens.
+async fn start_mosquitto(d: &Path, port: u16) -> Result<tokio::process::Child> {
+    // Mosquitto started as root reads its files as the `mosquitto` user.
+    use std::os::unix::fs::PermissionsExt;
+    for path in [d.to_owned(), d.join("broker")] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    for f in std::fs::read_dir(d.join("broker"))? {
+        std::fs::set_permissions(f?.path(), std::fs::Permissions::from_mode(0o644))?;
+    }
+    let child = tokio::process::Command::new("mosquitto")
+        .arg("-c")
+        .arg(d.join("broker/mosquitto.conf"))
+        .kill_on_drop(true)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("mosquitto (installed by scripts/services.sh)")?;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(child);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("mosquitto did not listen on {port}")
+}
