@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs fleetwave's whole test suite against real services: PostgreSQL and Mosquitto (started
 # or installed when missing, reused when running) and an S3-compatible server (s3s-fs,
-# installed once, started on a free port for this run). Extra arguments go to the test
-# runner, e.g. `scripts/test.sh -E 'test(smoke)'` with nextest.
+# installed once, started on a free port for this run), then schemathesis against the API and
+# a bounded run of every fuzz target. Extra arguments go to the test runner, e.g.
+# `scripts/test.sh -E 'test(smoke)'` with nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/services.sh
@@ -21,3 +22,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast "$@"
 fi
+# Hostile input: schemathesis against the OpenAPI document, then each fuzz target briefly
+# (longer runs: `scripts/fuzz.sh 600`).
+bash scripts/schemathesis.sh
+bash scripts/fuzz.sh "${FLEETWAVE_FUZZ_SECONDS:-20}"

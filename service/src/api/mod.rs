@@ -15,6 +15,7 @@ use axum::routing::get;
 use sea_orm::DatabaseConnection;
 use utoipa::OpenApi;
 
+use self::error::ErrorResponses;
 use crate::config::Settings;
 use crate::mqtt::bridge::Bridge;
 use crate::releases::Trust;
@@ -53,7 +54,7 @@ pub struct AppState {
         v1::tokens::create,
         v1::audit::verify, v1::audit::devices,
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &ErrorResponses)
 )]
 pub struct ApiDoc;
 
@@ -149,6 +150,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/openapi.json", get(openapi_json))
         .route("/v1/objects/{*key}", get(v1::releases::object))
         .merge(authenticated)
+        .layer(axum::middleware::from_fn(body::refuse_nul))
         .layer(DefaultBodyLimit::max(state.settings.server.max_body_bytes))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

@@ -220,6 +220,29 @@ pub(crate) async fn record_history(
     Ok(())
 }
 
+/// The pure rule of [`transition`]: may `change` follow an execution in `from`, whose stored
+/// (step, progress) is `stored`? Illegal moves are refused, and so is an IN_PROGRESS report no
+/// further along than the stored one (a duplicate or an out-of-order redelivery).
+pub fn admit(
+    from: ExecutionState,
+    stored: (Option<Step>, i32),
+    change: &Change,
+) -> Result<(), Refused> {
+    if !from.can_become(change.to) {
+        return Err(Refused::Illegal {
+            from,
+            to: change.to,
+        });
+    }
+    if from == ExecutionState::InProgress && change.to == ExecutionState::InProgress {
+        let reported = (change.step, i32::from(change.progress.unwrap_or(0)));
+        if reported <= stored {
+            return Err(Refused::Stale);
+        }
+    }
+    Ok(())
+}
+
 /// Applies `change` to the device's execution of `job`, inside the caller's transaction;
 /// a refused change leaves everything as it was.
 pub async fn transition(
@@ -244,21 +267,12 @@ pub async fn transition(
             current.state
         ))
     })?;
-    if !from.can_become(change.to) {
-        return Ok(Err(Refused::Illegal {
-            from,
-            to: change.to,
-        }));
-    }
-    if from == ExecutionState::InProgress && change.to == ExecutionState::InProgress {
-        let stored = (
-            current.step.as_deref().and_then(Step::parse),
-            current.progress.unwrap_or(0),
-        );
-        let reported = (change.step, i32::from(change.progress.unwrap_or(0)));
-        if reported <= stored {
-            return Ok(Err(Refused::Stale));
-        }
+    let stored = (
+        current.step.as_deref().and_then(Step::parse),
+        current.progress.unwrap_or(0),
+    );
+    if let Err(refused) = admit(from, stored, change) {
+        return Ok(Err(refused));
     }
     let dev = devices::Entity::find_by_id(device.as_str().to_owned())
         .one(txn)

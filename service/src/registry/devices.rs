@@ -66,11 +66,13 @@ impl From<devices::Model> for Device {
 #[serde(deny_unknown_fields)]
 pub struct NewDevice {
     /// Device id.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
     pub id: String,
     /// Serial number.
     #[serde(default)]
     pub serial: Option<String>,
     /// Hardware id.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub hardware: String,
     /// Attributes.
     #[serde(default)]
@@ -110,6 +112,7 @@ pub struct ListQuery {
     /// Continue after this cursor.
     pub cursor: Option<String>,
     /// Page size (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
     /// Only devices of this hardware id.
     pub hardware: Option<String>,

@@ -295,6 +295,7 @@ pub struct MembersQuery {
     /// Continue after this cursor.
     pub cursor: Option<String>,
     /// Page size (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
 }
 

@@ -303,7 +303,7 @@ pub async fn list(
         query = query.filter(rollouts::Column::State.eq(state.as_str()));
     }
     Ok(query
-        .limit(limit.clamp(1, 1000))
+        .limit(limit)
         .all(db)
         .await?
         .into_iter()

@@ -268,9 +268,18 @@ fn check_value(value: &Value, path: &str, depth: usize) -> Result<(), Rejection>
         )));
     }
     match value {
-        Value::Object(map) => map
-            .iter()
-            .try_for_each(|(k, v)| check_value(v, &format!("{path}.{k}"), depth + 1)),
+        // PostgreSQL text cannot hold NUL, and no device needs it.
+        Value::String(s) if s.contains('\0') => Err(Rejection::bad(format!(
+            "{path}: strings may not contain NUL (\\u0000)"
+        ))),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            if k.contains('\0') {
+                return Err(Rejection::bad(format!(
+                    "{path}: keys may not contain NUL (\\u0000)"
+                )));
+            }
+            check_value(v, &format!("{path}.{k}"), depth + 1)
+        }),
         Value::Array(items) => items.iter().enumerate().try_for_each(|(i, v)| {
             if v.is_null() {
                 Err(Rejection::bad(format!(
@@ -488,6 +497,17 @@ mod tests {
         assert_eq!(ok.documents["current"]["state"]["reported"]["a"], 2);
     }
 
+    /// Found by the `shadow` fuzz target: without exact float parsing, `150e55` was stored
+    /// as 1.5000000000000002e57 and read back as 1.5e57.
+    #[test]
+    fn a_stored_shadow_reads_back_exactly() {
+        let request: Value =
+            serde_json::from_str(r#"{"state":{"reported":{"f":[150e55,15e-155,3.5]}}}"#).unwrap();
+        let stored = update(None, &request, 1).unwrap().shadow;
+        let text = serde_json::to_string(&stored).unwrap();
+        assert_eq!(serde_json::from_str::<Shadow>(&text).unwrap(), stored);
+    }
+
     #[test]
     fn bad_requests_are_refused_with_400_or_413() {
         let long = "x".repeat(65);
@@ -507,6 +527,11 @@ mod tests {
                 json!({"state": {"reported": {"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":{"i":1}}}}}}}}}}}),
                 "deeper",
             ),
+            (
+                json!({"state": {"reported": {"ota": {"job": "j\u{0}"}}}}),
+                "NUL",
+            ),
+            (json!({"state": {"desired": {"a\u{0}": 1}}}), "NUL"),
         ] {
             let err = apply(None, request.clone()).unwrap_err();
             assert_eq!(err.code, 400, "{request}");

@@ -107,6 +107,11 @@ on_both_backends!(
                 StatusCode::BAD_REQUEST,
                 "invalid_body",
             ),
+            (
+                json!({"id": "pi-1", "hardware": "rpi4", "attributes": {"site": "a\u{0}b"}}),
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+            ),
         ];
         for (body, status, code) in cases {
             let (got, answer) = app
@@ -136,6 +141,18 @@ on_both_backends!(
         assert_eq!(list["items"], json!([]), "nothing was stored");
         let (status, body) = app.call(Method::GET, "/v1/devices?limit=0", None).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        for (uri, code) in [
+            ("/v1/devices?cursor=a%00b", "invalid_query"),
+            ("/v1/devices?limit=x", "invalid_query"),
+            ("/v1/devices/pi%00", "invalid_query"),
+        ] {
+            let (status, body) = app.call(Method::GET, uri, None).await;
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (StatusCode::BAD_REQUEST, Some(code)),
+                "{uri} → {body}"
+            );
+        }
 
         let (status, _) = app
             .call(

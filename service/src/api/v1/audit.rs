@@ -1,12 +1,13 @@
 //! `/v1/audit`: the audit chain, readable by every role.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::api::AppState;
+use crate::api::body::Query;
 use crate::api::error::ApiError;
 use crate::audit::{self, Report};
 
@@ -24,6 +25,7 @@ pub struct DevicesQuery {
     /// Devices after this id.
     pub after: Option<String>,
     /// At most this many (1 to 10000, default 1000).
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u64>,
     /// `json` (default) or `csv`.
     pub format: Option<String>,

@@ -1,12 +1,12 @@
 //! `/v1/devices`: thin handlers over `registry::devices`.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 
 use crate::api::AppState;
 use crate::api::auth::Caller;
-use crate::api::body::AuditedJson;
+use crate::api::body::{AuditedJson, Path, Query};
 use crate::api::error::{ApiError, ErrorBody};
 use crate::registry::devices::{self, Device, DevicePatch, ListQuery, NewDevice, Page};
 

@@ -1,13 +1,13 @@
 //! `/v1/groups`: thin handlers over `registry::groups`.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 
 use crate::api::AppState;
 use crate::api::auth::Caller;
-use crate::api::body::AuditedJson;
+use crate::api::body::{AuditedJson, Path, Query};
 use crate::api::error::{ApiError, ErrorBody};
 use crate::registry::devices::{Device, Page};
 use crate::registry::groups::{self, Group, Members, MembersQuery, NewGroup};

@@ -1,13 +1,13 @@
 //! `/v1/jobs`: single-device jobs (targeted installs, retries) and execution status.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 
 use crate::api::AppState;
 use crate::api::auth::Caller;
-use crate::api::body::AuditedJson;
+use crate::api::body::{AuditedJson, Path};
 use crate::api::error::{ApiError, ErrorBody};
 use crate::jobs::{self, ExecutionView, Job};
 

@@ -3,7 +3,7 @@
 //! downloads behind HMAC-signed URLs, with HTTP Range support.
 
 use axum::Json;
-use axum::extract::{Multipart, Path, Query, Request, State};
+use axum::extract::{Multipart, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use fleetwave_artifacts::Sha256;
@@ -13,6 +13,7 @@ use tower::ServiceExt;
 
 use crate::api::AppState;
 use crate::api::auth::Caller;
+use crate::api::body::{Path, Query};
 use crate::api::error::{ApiError, ErrorBody};
 use crate::registry::devices::Page;
 use crate::releases::{self, ListQuery, Release};
@@ -60,8 +61,9 @@ fn bad_upload(message: impl Into<String>) -> ApiError {
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
-    mut multipart: Multipart,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<(StatusCode, Json<Release>), ApiError> {
+    let mut multipart = multipart?;
     let mut manifest_field = next_part(&mut multipart, "manifest").await?;
     let mut manifest = Vec::new();
     while let Some(chunk) = manifest_field
@@ -114,7 +116,7 @@ async fn next_part<'a>(
 
 /// List releases in upload order.
 #[utoipa::path(get, path = "/v1/releases", tag = "releases", params(ListQuery), security(("bearer" = [])),
-    responses((status = 200, body = Page<Release>)))]
+    responses((status = 200, body = Page<Release>), (status = 422, body = ErrorBody, description = "a limit out of range")))]
 pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,

@@ -1,15 +1,16 @@
 //! `/v1/rollouts`: thin handlers over `rollouts`.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 
 use crate::api::AppState;
 use crate::api::auth::Caller;
-use crate::api::body::AuditedJson;
+use crate::api::body::{AuditedJson, Path, Query};
 use crate::api::error::{ApiError, ErrorBody};
 use crate::auth::Role;
+use crate::registry::devices::page_limit;
 use crate::rollouts::plan::State as RolloutState;
 use crate::rollouts::spec::NewRollout;
 use crate::rollouts::{self, Action, Rollout, Status};
@@ -46,6 +47,7 @@ pub struct ListQuery {
     /// Only those in this state (`RUNNING`, `HALTED`, ...).
     pub state: Option<String>,
     /// At most this many (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
 }
 
@@ -87,7 +89,7 @@ pub async fn list(
         .transpose()
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", e))?;
     Ok(Json(
-        rollouts::list(&state.db, filter, query.limit.unwrap_or(100)).await?,
+        rollouts::list(&state.db, filter, page_limit(query.limit)?).await?,
     ))
 }
 
