@@ -71,6 +71,11 @@ enum Command {
         /// Allow reinstalling the running version.
         #[arg(long)]
         force: bool,
+        /// Fetch IMAGE from this (presigned) URL first, exactly as a job downloads: after
+        /// the release checks, streamed into the file, synced every MiB, resumed after a
+        /// break; then the bytes are read back and checked.
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -161,6 +166,7 @@ fn run(command: Command, json: bool) -> Result<()> {
             installed,
             security_floor,
             force,
+            url,
         } => {
             let signed = SignedManifest::load(&manifest)
                 .with_context(|| format!("manifest {}", manifest.display()))?;
@@ -179,6 +185,10 @@ fn run(command: Command, json: bool) -> Result<()> {
                 force,
             };
             let verified = check_release(&signed, &trust, device, request)?;
+            if let Some(url) = url {
+                fetch(&url, &image, verified.manifest().size)
+                    .with_context(|| format!("fetching {url} into {}", image.display()))?;
+            }
             let file = std::fs::File::open(&image)
                 .with_context(|| format!("opening image {}", image.display()))?;
             check_image(&verified, file, |_| {})
@@ -195,4 +205,33 @@ fn run(command: Command, json: bool) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Downloads `url` into `image` as a job does, retrying a broken transfer from the last
+/// durable byte (up to five attempts).
+fn fetch(url: &str, image: &std::path::Path, size: u64) -> Result<()> {
+    use fleetwave_agent::download::{self, Stop};
+    let _ = rustls::crypto::CryptoProvider::install_default(rustls_rustcrypto::provider());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(20))
+            .build()?;
+        // A fresh file: a stale longer one must not pass for the image.
+        std::fs::File::create(image)?;
+        let mut from = 0;
+        for attempt in 1..=5 {
+            match download::fetch(&http, url, image, from, size, |_| {}).await {
+                Ok(_) => return Ok(()),
+                Err(Stop::Broken(reason)) if attempt < 5 => {
+                    from = std::fs::metadata(image)?.len() / download::CHUNK * download::CHUNK;
+                    eprintln!("fleetwave-agent: {reason}; resuming at byte {from}");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        unreachable!("the last attempt returns")
+    })
 }

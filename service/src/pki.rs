@@ -261,7 +261,8 @@ impl Ca {
              require_certificate true\n\
              use_identity_as_username true\n\
              tls_version tlsv1.2\n\
-             acl_file {o}/acl\n",
+             acl_file {o}/acl\n\
+             {BROKER_LIMITS}",
             o = o.display()
         );
         let path = out.join("mosquitto.conf");
@@ -269,6 +270,16 @@ impl Ca {
         Ok(path)
     }
 }
+
+/// Mosquitto's message limits for a fleet. The service acknowledges device messages only
+/// after committing them, a batch per transaction, so its window must hold a batch (the
+/// default of 20 in flight caps each batch at 20); and a burst from the fleet must queue for
+/// the service, not be dropped (the default queue of 1000 messages per client drops the rest).
+pub const BROKER_LIMITS: &str = "\
+# A batch of device messages in flight to the service, and bursts queued, never dropped.
+max_inflight_messages 256
+max_queued_messages 1000000
+";
 
 fn rand_serial() -> Result<[u8; 16]> {
     let mut serial = [0u8; 16];

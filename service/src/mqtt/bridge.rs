@@ -20,8 +20,6 @@ use crate::storage::Storage;
 
 /// The prefix of the shared-subscription groups all replicas join (one per filter).
 const SHARE_GROUP: &str = "fleetwave-service";
-/// Messages buffered between the network loop and the handler.
-const QUEUE: usize = 1024;
 /// Most messages handled in one database transaction.
 const BATCH: usize = 64;
 
@@ -75,7 +73,12 @@ impl Bridge {
             options.set_credentials(parsed.username(), parsed.password().unwrap_or(""));
         }
         let (client, mut events) = AsyncClient::new(options, 256);
-        let (tx, rx) = mpsc::channel::<Publish>(QUEUE);
+        // The event loop never waits for the handler: it must keep polling so that the
+        // handler's answers and acknowledgements go out (with a bounded queue, a full queue
+        // stalled both for good). The queue holds what the broker sent and the handler has
+        // not committed yet, which the broker's in-flight window bounds (`max_inflight_messages`
+        // in the configuration `fleetwave broker config` writes).
+        let (tx, rx) = mpsc::unbounded_channel::<Publish>();
         let filters = topics.service_filters();
         let subscriber = client.clone();
         let (ready, subscribed) = watch::channel(false);
@@ -102,7 +105,7 @@ impl Bridge {
                         tracing::info!("connected to the MQTT broker");
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if tx.send(p).await.is_err() {
+                        if tx.send(p).is_err() {
                             return;
                         }
                     }
@@ -143,7 +146,7 @@ impl Bridge {
         self,
         db: DatabaseConnection,
         storage: Storage,
-        mut rx: mpsc::Receiver<Publish>,
+        mut rx: mpsc::UnboundedReceiver<Publish>,
     ) {
         let mut batch = Vec::with_capacity(BATCH);
         while rx.recv_many(&mut batch, BATCH).await > 0 {

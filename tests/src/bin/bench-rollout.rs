@@ -15,10 +15,9 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use fleetwave_artifacts::{
-    HardwareId, MANIFEST_FORMAT, Manifest, Product, SecretKey, Sha256, SignedManifest, Timestamp,
-};
+use fleetwave_artifacts::{SecretKey, Sha256, SignedManifest};
 use fleetwave_tests::harness::app::{Backend, Options, TestApp};
+use fleetwave_tests::harness::release;
 use reqwest::Method;
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::json;
@@ -44,20 +43,12 @@ async fn main() -> Result<()> {
 
     // A release.
     let image = vec![7u8; 4096];
-    let now = Timestamp::now();
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        product: Product::parse("bench-os")?,
-        version: "2.0.0".parse()?,
-        hardware: vec![HardwareId::parse("rpi4")?],
-        size: image.len() as u64,
-        sha256: Sha256::of(&image),
-        min_version: None,
-        security_floor: None,
-        created_at: now,
-        expires_at: now.plus(Duration::from_secs(86_400)),
-        delta_base: None,
-    };
+    let manifest = release::manifest(
+        "2.0.0",
+        image.len() as u64,
+        Sha256::of(&image),
+        Duration::from_secs(86_400),
+    );
     let signed = SignedManifest::sign(manifest, &[&key])?;
     let form = reqwest::multipart::Form::new()
         .part("manifest", reqwest::multipart::Part::text(signed.to_json()))

@@ -9,20 +9,14 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use fleetwave_artifacts::{
-    HardwareId, MANIFEST_FORMAT, Manifest, Product, SecretKey, SignedManifest, Timestamp,
-};
-use fleetwave_tests::harness::bin;
+use fleetwave_artifacts::{SecretKey, SignedManifest};
 use fleetwave_tests::harness::postgres::TestDb;
+use fleetwave_tests::harness::proc::{PeakSampler, rss_kib};
 use fleetwave_tests::harness::s3::TestBucket;
-use futures::StreamExt;
-use object_store::ObjectStoreExt;
-use object_store::path::Path as ObjectPath;
+use fleetwave_tests::harness::{bin, release};
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -45,42 +39,13 @@ async fn main() -> Result<()> {
         fleetwave_artifacts::digest::sha256_reader(std::fs::File::open(&image)?, |_| {})?;
     let key = SecretKey::generate()?;
     std::fs::write(dir.path().join("trusted.pub"), key.public().to_line())?;
-    let now = Timestamp::now();
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        product: Product::parse("bench-os")?,
-        version: "1.0.0".parse()?,
-        hardware: vec![HardwareId::parse("rpi4")?],
-        size,
-        sha256,
-        min_version: None,
-        security_floor: None,
-        created_at: now,
-        expires_at: now.plus(Duration::from_secs(3600)),
-        delta_base: None,
-    };
+    let manifest = release::manifest("1.0.0", size, sha256, Duration::from_secs(3600));
     let envelope = SignedManifest::sign(manifest, &[&key])?.to_json();
 
     // Baseline: the same bytes straight into the same S3 server, same part size.
     let baseline_bucket = TestBucket::new().await?;
     let started = Instant::now();
-    let upload = baseline_bucket
-        .store
-        .put_multipart(&ObjectPath::from("baseline.img"))
-        .await?;
-    let mut writer =
-        object_store::WriteMultipart::new_with_chunk_size(upload, fleetwave::storage::PART_SIZE);
-    let mut file = tokio_util::io::ReaderStream::with_capacity(
-        tokio::fs::File::open(&image).await?,
-        256 << 10,
-    );
-    while let Some(chunk) = file.next().await {
-        writer
-            .wait_for_capacity(fleetwave::storage::PARTS_IN_FLIGHT)
-            .await?;
-        writer.write(&chunk?);
-    }
-    writer.finish().await?;
+    baseline_bucket.upload_file("baseline.img", &image).await?;
     let baseline = started.elapsed();
 
     // The service, as a process of its own.
@@ -143,19 +108,7 @@ async fn main() -> Result<()> {
     );
     let rss_before = rss_kib(pid)?;
 
-    let peak = Arc::new(AtomicU64::new(rss_before));
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                if let Ok(kib) = rss_kib(pid) {
-                    peak.fetch_max(kib, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
+    let sampler = PeakSampler::start(pid, Duration::from_millis(20));
     let started = Instant::now();
     let stream = tokio_util::io::ReaderStream::with_capacity(
         tokio::fs::File::open(&image).await?,
@@ -175,8 +128,7 @@ async fn main() -> Result<()> {
         .await?;
     let status = response.status();
     let through_service = started.elapsed();
-    done.store(true, Ordering::Relaxed);
-    let _ = sampler.join();
+    let peak = sampler.stop().max(rss_before);
     let _ = child.kill();
     let _ = child.wait();
     if !status.is_success() {
@@ -187,7 +139,6 @@ async fn main() -> Result<()> {
     }
 
     let mib_s = |d: Duration| size_mib as f64 / d.as_secs_f64();
-    let peak = peak.load(Ordering::Relaxed);
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -207,14 +158,4 @@ async fn main() -> Result<()> {
         (peak - rss_before) as f64 / 1024.0,
     )?;
     Ok(())
-}
-
-/// The resident set size of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
 }

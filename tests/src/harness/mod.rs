@@ -3,15 +3,17 @@
 pub mod agent;
 pub mod app;
 pub mod bin;
+pub mod broker;
 pub mod device;
 pub mod env;
 pub mod fleet;
 pub mod mqtt;
 pub mod own_postgres;
 pub mod postgres;
+pub mod proc;
+pub mod release;
 pub mod s3;
 pub mod service;
-pub mod tls_broker;
 
 use std::sync::Once;
 

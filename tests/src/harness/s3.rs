@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use object_store::ObjectStoreExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::signer::{Method, Signer};
@@ -62,5 +63,37 @@ impl TestBucket {
             name,
             server,
         })
+    }
+
+    /// Uploads the file at `path` as object `key`, streamed in the service's part size with
+    /// as many parts in flight as the service keeps.
+    pub async fn upload_file(&self, key: &str, path: &std::path::Path) -> Result<()> {
+        use futures::StreamExt;
+        let upload = self.store.put_multipart(&Path::from(key)).await?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(
+            upload,
+            fleetwave::storage::PART_SIZE,
+        );
+        let mut file = tokio_util::io::ReaderStream::with_capacity(
+            tokio::fs::File::open(path).await?,
+            256 << 10,
+        );
+        while let Some(chunk) = file.next().await {
+            writer
+                .wait_for_capacity(fleetwave::storage::PARTS_IN_FLIGHT)
+                .await?;
+            writer.write(&chunk?);
+        }
+        writer.finish().await?;
+        Ok(())
+    }
+
+    /// A presigned GET of object `key`, valid for `expiry`.
+    pub async fn presigned_get(&self, key: &str, expiry: Duration) -> Result<String> {
+        Ok(self
+            .store
+            .signed_url(Method::GET, &Path::from(key), expiry)
+            .await?
+            .to_string())
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use fleetwave_tests::harness::agent::{AgentOptions, TestAgent};
 use fleetwave_tests::harness::app::{Backend, Options};
+use fleetwave_tests::harness::broker::TlsBroker;
 use fleetwave_tests::harness::mqtt::TestMqtt;
-use fleetwave_tests::harness::tls_broker::TlsBroker;
 
 use super::{World, device_id};
 

@@ -258,3 +258,71 @@ async fn an_unregistered_device_gets_404() {
         "{err}"
     );
 }
+
+/// A burst far larger than the service's batch and the old 1 024-message hand-off queue: the
+/// bridge must keep polling the broker while the handler publishes answers, or both stall for
+/// good (as they did). On a Mosquitto with the limits `fleetwave broker config` writes, every
+/// update is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_updates_from_many_devices_is_applied_completely() {
+    use fleetwave_tests::harness::broker::PlainBroker;
+    use sea_orm::{ConnectionTrait, Statement};
+    fleetwave_tests::harness::init();
+    let broker = PlainBroker::start().await.unwrap();
+    let app = TestApp::spawn_with(broker.service_options(Backend::Postgres))
+        .await
+        .unwrap();
+    let mqtt = app.mqtt.clone();
+    const DEVICES: usize = 20;
+    const UPDATES: usize = 100;
+    let mut clients = Vec::new();
+    for i in 0..DEVICES {
+        app.call(
+            Method::POST,
+            "/v1/devices",
+            Some(json!({"id": format!("burst-{i}"), "hardware": "rpi4"})),
+        )
+        .await;
+        let (client, mut events) = mqtt.client(&format!("burst-{i}"));
+        tokio::spawn(async move { while events.poll().await.is_ok() {} });
+        clients.push(client);
+    }
+    for (i, client) in clients.iter().enumerate() {
+        let client = client.clone();
+        let prefix = mqtt.prefix.clone();
+        tokio::spawn(async move {
+            for k in 0..UPDATES {
+                client
+                    .publish(
+                        format!("{prefix}/things/burst-{i}/shadow/update"),
+                        QoS::AtLeastOnce,
+                        false,
+                        json!({"state": {"reported": {"seq": k}}}).to_string(),
+                    )
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    let applied = || async {
+        app.db
+            .query_one_raw(Statement::from_string(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT coalesce(sum(version), 0)::bigint AS n FROM shadows",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get::<i64>("", "n")
+            .unwrap()
+    };
+    let mut total = 0;
+    for _ in 0..600 {
+        total = applied().await;
+        if total == (DEVICES * UPDATES) as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(total, (DEVICES * UPDATES) as i64, "every update applied");
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetwave_tests::harness::tls_broker::{TlsBroker, fleetwave};
+use fleetwave_tests::harness::broker::{TlsBroker, fleetwave};
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
 };

@@ -1,6 +1,8 @@
-//! A Mosquitto of the test's own on a free port, configured by `fleetwave broker config`:
-//! mutual TLS with a fleetwave CA made by `fleetwave ca init`, identity = certificate CN, the
-//! CRL and the per-device ACL. Devices get their bundles from `fleetwave device provision`.
+//! Mosquittos of a test's own on free ports: [`TlsBroker`], configured by `fleetwave broker
+//! config` (mutual TLS with a fleetwave CA made by `fleetwave ca init`, identity = certificate
+//! CN, the CRL and the per-device ACL; devices get their bundles from `fleetwave device
+//! provision`), and [`PlainBroker`], a plain listener with the same message limits
+//! ([`fleetwave::pki::BROKER_LIMITS`]), for benchmarks.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,7 +63,7 @@ impl TlsBroker {
                 prefix,
             ],
         )?;
-        let child = start_mosquitto(d, port).await?;
+        let child = start_mosquitto(&d.join("broker/mosquitto.conf"), port).await?;
         Ok(TlsBroker {
             port,
             prefix: prefix.to_owned(),
@@ -112,24 +114,71 @@ impl TlsBroker {
             self.dir().join("broker/crl.pem"),
         )?;
         self.child.kill().await?;
-        self.child = start_mosquitto(self.tmp.path(), self.port).await?;
+        self.child = start_mosquitto(&self.dir().join("broker/mosquitto.conf"), self.port).await?;
         Ok(())
     }
 }
 
-/// Starts Mosquitto on `port` with the configuration in `d/broker`; waits until it listens.
-async fn start_mosquitto(d: &Path, port: u16) -> Result<tokio::process::Child> {
-    // Mosquitto started as root reads its files as the `mosquitto` user.
-    use std::os::unix::fs::PermissionsExt;
-    for path in [d.to_owned(), d.join("broker")] {
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+/// A plain MQTT listener on 127.0.0.1 with fleetwave's message limits.
+pub struct PlainBroker {
+    /// Its port.
+    pub port: u16,
+    _tmp: tempfile::TempDir,
+    _child: tokio::process::Child,
+}
+
+impl PlainBroker {
+    /// Starts it on a free port.
+    pub async fn start() -> Result<PlainBroker> {
+        let tmp = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        std::fs::create_dir(tmp.path().join("broker"))?;
+        let conf = tmp.path().join("broker/mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\n{}",
+                fleetwave::pki::BROKER_LIMITS
+            ),
+        )?;
+        let child = start_mosquitto(&conf, port).await?;
+        Ok(PlainBroker {
+            port,
+            _tmp: tmp,
+            _child: child,
+        })
     }
-    for f in std::fs::read_dir(d.join("broker"))? {
+}
+
+impl PlainBroker {
+    /// Options for a service (in process, on `backend`) whose bridge and test clients use
+    /// this broker, in a fresh topic namespace.
+    pub fn service_options(&self, backend: super::app::Backend) -> super::app::Options {
+        let mut mqtt = super::mqtt::TestMqtt::new();
+        mqtt.port = self.port;
+        let mut options = super::app::Options::new(backend);
+        options.broker = Some((mqtt, format!("mqtt://127.0.0.1:{}", self.port), None));
+        options
+    }
+}
+
+/// Starts Mosquitto on `port` with the configuration file `conf`; waits until it listens.
+async fn start_mosquitto(conf: &Path, port: u16) -> Result<tokio::process::Child> {
+    // Mosquitto started as root reads its files as the `mosquitto` user: the configuration's
+    // directory (`<temporary directory>/broker`), its parent and every file in it.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = conf.parent().context("a configuration directory")?;
+    for path in [dir, dir.parent().context("a parent")?] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    for f in std::fs::read_dir(dir)? {
         std::fs::set_permissions(f?.path(), std::fs::Permissions::from_mode(0o644))?;
     }
     let child = tokio::process::Command::new("mosquitto")
         .arg("-c")
-        .arg(d.join("broker/mosquitto.conf"))
+        .arg(conf)
         .kill_on_drop(true)
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -1,0 +1,154 @@
+//! Benchmark P3: the agent's download pipeline (the release checks, the presigned download
+//! streamed into the slot file and synced every MiB, then the slot read back for its size and
+//! sha256: `fleetwave-agent verify IMAGE --url URL`, the same code a job runs) against
+//! `curl -s URL | tee FILE | sha256sum` fetching the same object from the same S3 server,
+//! measured in the same run. Each is run twice, alternating; the faster run of each counts.
+//! The agent's peak resident memory is sampled from /proc every 5 ms.
+//!
+//! `scripts/bench.sh` runs it for 64 MiB and 1 GiB; CI runs a 16 MiB smoke run.
+//! Usage: bench-agent [--size-mib N]...
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use fleetwave_artifacts::{SecretKey, SignedManifest};
+use fleetwave_tests::harness::proc::PeakSampler;
+use fleetwave_tests::harness::s3::TestBucket;
+use fleetwave_tests::harness::{bin, release};
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    fleetwave_tests::harness::init();
+    let mut args = std::env::args().skip(1);
+    let mut sizes = Vec::new();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--size-mib" => sizes.push(args.next().context("--size-mib N")?.parse::<u64>()?),
+            other => bail!("unknown argument {other}; usage: bench-agent [--size-mib N]..."),
+        }
+    }
+    if sizes.is_empty() {
+        sizes = vec![64, 1024];
+    }
+    let profile = if cfg!(debug_assertions) {
+        "dev"
+    } else {
+        "release"
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "| profile | image | baseline `curl \\| tee \\| sha256sum` | agent download + sync + read-back sha256 | agent throughput / baseline | agent peak RSS |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|")?;
+    for size_mib in sizes {
+        let (baseline, agent, peak_kib) = measure(size_mib << 20).await?;
+        let mib_s = |d: Duration| size_mib as f64 / d.as_secs_f64();
+        writeln!(
+            out,
+            "| {profile} | {size_mib} MiB | {:.2} s ({:.0} MiB/s) | {:.2} s ({:.0} MiB/s) | {:.0} % | {:.1} MiB |",
+            baseline.as_secs_f64(),
+            mib_s(baseline),
+            agent.as_secs_f64(),
+            mib_s(agent),
+            100.0 * baseline.as_secs_f64() / agent.as_secs_f64(),
+            peak_kib as f64 / 1024.0,
+        )?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// The best baseline time, the best agent time and the agent's peak RSS (KiB) for one size.
+async fn measure(size: u64) -> Result<(Duration, Duration, u64)> {
+    let dir = tempfile::tempdir()?;
+    let image = dir.path().join("image.img");
+    fleetwave::cli::demo::write_image(&image, size)?;
+    let (sha256, _) =
+        fleetwave_artifacts::digest::sha256_reader(std::fs::File::open(&image)?, |_| {})?;
+    let key = SecretKey::generate()?;
+    let keys = dir.path().join("trusted.pub");
+    std::fs::write(&keys, key.public().to_line())?;
+    let manifest = release::manifest("2.0.0", size, sha256, Duration::from_secs(3600));
+    let manifest_path = dir.path().join("manifest.json");
+    std::fs::write(
+        &manifest_path,
+        SignedManifest::sign(manifest, &[&key])?.to_json(),
+    )?;
+    let bucket = TestBucket::new().await?;
+    bucket.upload_file("image.img", &image).await?;
+    std::fs::remove_file(&image)?;
+    let url = bucket
+        .presigned_get("image.img", Duration::from_secs(3600))
+        .await?;
+
+    let slot = dir.path().join("slot.img");
+    let mut best_baseline = Duration::MAX;
+    let mut best_agent = Duration::MAX;
+    let mut peak = 0;
+    for _ in 0..2 {
+        best_baseline = best_baseline.min(baseline(&url, &slot, &sha256.to_string())?);
+        std::fs::remove_file(&slot)?;
+        let (took, kib) = agent(&url, &slot, &manifest_path, &keys)?;
+        best_agent = best_agent.min(took);
+        peak = peak.max(kib);
+        std::fs::remove_file(&slot)?;
+    }
+    Ok((best_baseline, best_agent, peak))
+}
+
+/// `curl -s URL | tee FILE | sha256sum`, checked against the digest.
+fn baseline(url: &str, file: &Path, sha256: &str) -> Result<Duration> {
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            "set -o pipefail; curl -sf \"$1\" | tee \"$2\" | sha256sum",
+            "-",
+        ])
+        .arg(url)
+        .arg(file)
+        .output()
+        .context("running curl | tee | sha256sum")?;
+    let took = started.elapsed();
+    ensure!(
+        out.status.success(),
+        "the baseline failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = String::from_utf8_lossy(&out.stdout);
+    ensure!(got.starts_with(sha256), "the baseline got sha256 {got}");
+    Ok(took)
+}
+
+/// `fleetwave-agent verify FILE --url URL ...`: its time and peak RSS in KiB.
+fn agent(url: &str, slot: &Path, manifest: &Path, keys: &Path) -> Result<(Duration, u64)> {
+    let started = Instant::now();
+    let mut child = bin::command("fleetwave-agent")
+        .arg("verify")
+        .arg(slot)
+        .arg("--manifest")
+        .arg(manifest)
+        .arg("--trusted-keys")
+        .arg(keys)
+        .args(["--hardware", "rpi4", "--installed", "1.0.0", "--url", url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting fleetwave-agent verify")?;
+    let sampler = PeakSampler::start(child.id(), Duration::from_millis(5));
+    let status = child.wait()?;
+    let took = started.elapsed();
+    let peak = sampler.stop();
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            std::io::Read::read_to_string(&mut e, &mut err)?;
+        }
+        bail!("the agent failed: {err}");
+    }
+    Ok((took, peak))
+}

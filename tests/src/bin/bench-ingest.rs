@@ -1,0 +1,186 @@
+//! Benchmark P2: device updates ingested through the broker into PostgreSQL. Many MQTT
+//! clients publish shadow updates (the path a job update takes too: a job report is the
+//! `reported.ota` section of one) to the machine's Mosquitto; the service's bridge applies
+//! each in a transaction and answers on `…/update/accepted`. The broker is a Mosquitto of
+//! the benchmark's own with the message limits `fleetwave broker config` writes. The baseline is the raw
+//! publish → subscribe rate of the same broker: the same clients publish the same payloads
+//! to other topics and one subscriber counts them. Lost messages are counted for both (an
+//! applied update raises its shadow's version by one).
+//!
+//! `scripts/bench.sh` runs it with 100 clients × 100 updates; CI runs a smoke run.
+//! Usage: bench-ingest [--clients N] [--messages K]
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use fleetwave_tests::harness::app::{Backend, TestApp};
+use fleetwave_tests::harness::broker::PlainBroker;
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use sea_orm::{ConnectionTrait, Statement};
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let mut clients: usize = 100;
+    let mut messages: usize = 100;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--clients" => clients = args.next().context("--clients N")?.parse()?,
+            "--messages" => messages = args.next().context("--messages K")?.parse()?,
+            other => {
+                bail!("unknown argument {other}; usage: bench-ingest [--clients N] [--messages K]")
+            }
+        }
+    }
+    fleetwave::telemetry::init();
+    // A Mosquitto of the benchmark's own with the limits `fleetwave broker config` writes.
+    let broker = PlainBroker::start().await?;
+    let app = TestApp::spawn_with(broker.service_options(Backend::Postgres)).await?;
+    app.db
+        .execute_unprepared(&format!(
+            "INSERT INTO devices (id, serial, hardware, attributes, firmware_version, firmware_key, created_at, updated_at) \
+             SELECT 'dev-' || i, NULL, 'rpi4', '{{}}'::jsonb, '1.0.0', NULL, now(), now() \
+             FROM generate_series(0, {}) AS i",
+            clients - 1
+        ))
+        .await
+        .context("registering the devices")?;
+    let publishers = connect_publishers(&app, clients).await?;
+    let total = (clients * messages) as u64;
+    let prefix = app.mqtt.prefix.clone();
+
+    // Baseline: the same publishers and payloads, one plain subscriber counting.
+    let (counter, mut counter_events) = AsyncClient::new(
+        {
+            let mut o = app.mqtt.options("raw-subscriber");
+            o.set_clean_session(true);
+            o
+        },
+        1024,
+    );
+    counter
+        .subscribe(format!("{prefix}/raw/#"), QoS::AtLeastOnce)
+        .await?;
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = counter_events.poll().await? {
+            break;
+        }
+    }
+    let started = Instant::now();
+    publish_all(&publishers, messages, |i| {
+        format!("{prefix}/raw/things/dev-{i}/shadow/update")
+    });
+    let mut received = 0u64;
+    let mut last = Instant::now();
+    while received < total {
+        match tokio::time::timeout(Duration::from_secs(5), counter_events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(_)))) => {
+                received += 1;
+                last = Instant::now();
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => bail!("the counting subscriber: {e}"),
+            Err(_) => break,
+        }
+    }
+    let raw = last.duration_since(started);
+    let raw_lost = total - received;
+    drop(counter);
+
+    // fleetwave: the same updates on the devices' shadow topics, applied in PostgreSQL.
+    let started = Instant::now();
+    publish_all(&publishers, messages, |i| {
+        format!("{prefix}/things/dev-{i}/shadow/update")
+    });
+    let mut applied = 0u64;
+    let mut last = Instant::now();
+    loop {
+        let now = versions(&app).await?;
+        if now > applied {
+            applied = now;
+            last = Instant::now();
+        }
+        if applied >= total || last.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ingest = last.duration_since(started);
+    let lost = total - applied.min(total);
+
+    let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
+    let profile = if cfg!(debug_assertions) {
+        "dev"
+    } else {
+        "release"
+    };
+    println!(
+        "| profile | clients × updates | raw pub → sub (Mosquitto) | lost | through fleetwave into PostgreSQL | lost | ratio of rates | goal |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {profile} | {clients} × {messages} | {:.2} s ({:.0} msg/s) | {raw_lost} | {:.2} s ({:.0} msg/s) | {lost} | {:.0} % | ≥ 50 %, 0 lost |",
+        raw.as_secs_f64(),
+        rate(received, raw),
+        ingest.as_secs_f64(),
+        rate(applied, ingest),
+        100.0 * rate(applied, ingest) / rate(received, raw),
+    );
+    Ok(())
+}
+
+/// `n` connected publisher clients (one per device), their event loops polled in the
+/// background.
+async fn connect_publishers(app: &TestApp, n: usize) -> Result<Vec<AsyncClient>> {
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut options = app.mqtt.options(&format!("pub-{i}"));
+        options.set_inflight(100);
+        let (client, mut events) = AsyncClient::new(options, 256);
+        loop {
+            if let Event::Incoming(Packet::ConnAck(_)) = events.poll().await? {
+                break;
+            }
+        }
+        tokio::spawn(async move { while events.poll().await.is_ok() {} });
+        clients.push(client);
+    }
+    Ok(clients)
+}
+
+/// Every client publishes `messages` shadow updates (QoS 1) to `topic(its index)`, all
+/// clients at once.
+fn publish_all(clients: &[AsyncClient], messages: usize, topic: impl Fn(usize) -> String) {
+    for (i, client) in clients.iter().enumerate() {
+        let client = client.clone();
+        let topic = topic(i);
+        tokio::spawn(async move {
+            for k in 0..messages {
+                let payload = format!(
+                    r#"{{"state":{{"reported":{{"seq":{k},"temperature":41.5,"uptime":{}}}}},"clientToken":"u-{k}"}}"#,
+                    k * 10
+                );
+                if client
+                    .publish(&topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Updates applied so far: the sum of the shadows' versions.
+async fn versions(app: &TestApp) -> Result<u64> {
+    let row = app
+        .db
+        .query_one_raw(Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT coalesce(sum(version), 0)::bigint AS n FROM shadows",
+        ))
+        .await?
+        .context("a sum")?;
+    Ok(row.try_get::<i64>("", "n")? as u64)
+}

@@ -1,0 +1,24 @@
+//! Release manifests for tests and benchmarks: product `bench-os` for hardware `rpi4`.
+
+use std::time::Duration;
+
+use fleetwave_artifacts::{HardwareId, MANIFEST_FORMAT, Manifest, Product, Sha256, Timestamp};
+
+/// A manifest of `version` for an image of `size` bytes with digest `sha256`, created now and
+/// valid for `valid_for`.
+pub fn manifest(version: &str, size: u64, sha256: Sha256, valid_for: Duration) -> Manifest {
+    let now = Timestamp::now();
+    Manifest {
+        format: MANIFEST_FORMAT,
+        product: Product::parse("bench-os").expect("a valid product"),
+        version: version.parse().expect("a valid version"),
+        hardware: vec![HardwareId::parse("rpi4").expect("a valid hardware id")],
+        size,
+        sha256,
+        min_version: None,
+        security_floor: None,
+        created_at: now,
+        expires_at: now.plus(valid_for),
+        delta_base: None,
+    }
+}
