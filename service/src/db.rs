@@ -90,7 +90,7 @@ pub async fn insert_json_rows(
     txn: &impl sea_orm::ConnectionTrait,
     table: &str,
     columns: &[(&str, &str)],
-    rows: &[serde_json::Value],
+    rows: &[impl serde::Serialize],
 ) -> Result<(), sea_orm::DbErr> {
     if rows.is_empty() {
         return Ok(());
@@ -102,7 +102,8 @@ pub async fn insert_json_rows(
         cols = names.join(", "),
         typed = typed.join(", ")
     );
-    let payload = serde_json::Value::Array(rows.to_vec()).to_string();
+    let payload = serde_json::to_string(rows)
+        .map_err(|e| sea_orm::DbErr::Custom(format!("rows for {table}: {e}")))?;
     txn.execute_raw(sea_orm::Statement::from_sql_and_values(
         sea_orm::DatabaseBackend::Postgres,
         sql,

@@ -41,7 +41,7 @@ use crate::storage::Storage;
 /// Rows written per statement in bulk inserts.
 const CHUNK: usize = 1000;
 /// Devices looked at per query when queueing, timing out or retrying.
-const BATCH: u64 = 20_000;
+const BATCH: u64 = 5_000;
 
 /// Target statuses.
 pub(crate) mod status {
@@ -298,42 +298,57 @@ impl Engine {
         spec: &NewRollout,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let ids = target_devices(txn, &row.id, spec, false).await?;
-        let mut members: Vec<(u16, String)> = ids
-            .into_iter()
-            .filter_map(|id| {
-                let device = DeviceId::parse(&id).ok()?;
-                Some((bucket(&device, &row.id), id))
-            })
-            .collect();
-        members.sort_unstable();
-        let buckets: Vec<u16> = members.iter().map(|m| m.0).collect();
-        let sizes: Vec<_> = spec.waves.iter().map(|w| w.size).collect();
-        let cuts = plan::cut_waves(&buckets, &sizes);
-        let covered = cuts.last().map_or(0, |c| c.cumulative);
-        let mut rows = Vec::with_capacity(members.len());
-        let mut wave = 0;
-        for (position, (b, id)) in members.into_iter().enumerate() {
-            while wave < cuts.len() && position >= cuts[wave].cumulative {
-                wave += 1;
-            }
-            let inside = position < covered;
-            rows.push(rollout_targets::ActiveModel {
-                rollout_id: Set(row.id.clone()),
-                device_id: Set(id),
-                bucket: Set(i32::from(b)),
-                wave: Set(i32::try_from(wave).unwrap_or(i32::MAX)),
-                status: Set(if inside {
-                    status::PENDING
-                } else {
-                    status::OUTSIDE
+        // Two passes over the target, a page at a time, so memory stays flat whatever the
+        // fleet's size: the first counts the buckets to cut the waves, the second writes each
+        // device's target row.
+        let mut histogram = plan::Histogram::default();
+        let mut after = None;
+        loop {
+            let page = target_page(txn, spec, after.as_deref()).await?;
+            let Some(last) = page.last().cloned() else {
+                break;
+            };
+            for id in &page {
+                if let Ok(device) = DeviceId::parse(id) {
+                    histogram.add(bucket(&device, &row.id));
                 }
-                .to_owned()),
-                reason: Set(None),
-                detail: Set(None),
-            });
+            }
+            after = Some(last);
         }
-        insert_targets(txn, rows).await?;
+        let sizes: Vec<_> = spec.waves.iter().map(|w| w.size).collect();
+        let cuts = plan::cut_waves(&histogram, &sizes);
+        let covered = cuts.last().map_or(0, |c| c.cumulative);
+        let inside = cuts.last().map_or(0, |c| c.threshold);
+        let mut after = None;
+        loop {
+            let page = target_page(txn, spec, after.as_deref()).await?;
+            let Some(last) = page.last().cloned() else {
+                break;
+            };
+            let rows: Vec<TargetRow> = page
+                .into_iter()
+                .filter_map(|id| {
+                    let b = bucket(&DeviceId::parse(&id).ok()?, &row.id);
+                    Some(if b < inside {
+                        TargetRow {
+                            device_id: id,
+                            bucket: b,
+                            wave: plan::wave_of(b, &cuts),
+                            status: status::PENDING,
+                        }
+                    } else {
+                        TargetRow {
+                            device_id: id,
+                            bucket: b,
+                            wave: cuts.len(),
+                            status: status::OUTSIDE,
+                        }
+                    })
+                })
+                .collect();
+            insert_targets(txn, &row.id, &rows).await?;
+            after = Some(last);
+        }
         let mut previous = 0;
         for (i, cut) in cuts.iter().enumerate() {
             rollout_waves::Entity::update_many()
@@ -381,22 +396,19 @@ impl Engine {
             return Ok(());
         }
         let n = joiners.len();
-        let rows: Vec<_> = joiners
+        let rows: Vec<TargetRow> = joiners
             .into_iter()
             .filter_map(|id| {
-                let device = DeviceId::parse(&id).ok()?;
-                Some(rollout_targets::ActiveModel {
-                    rollout_id: Set(row.id.clone()),
-                    bucket: Set(i32::from(bucket(&device, &row.id))),
-                    device_id: Set(id),
-                    wave: Set(row.current_wave),
-                    status: Set(status::PENDING.to_owned()),
-                    reason: Set(None),
-                    detail: Set(None),
+                let b = bucket(&DeviceId::parse(&id).ok()?, &row.id);
+                Some(TargetRow {
+                    device_id: id,
+                    bucket: b,
+                    wave: usize::try_from(row.current_wave).unwrap_or(0),
+                    status: status::PENDING,
                 })
             })
             .collect();
-        insert_targets(txn, rows).await?;
+        insert_targets(txn, &row.id, &rows).await?;
         rollout_waves::Entity::update_many()
             .col_expr(
                 rollout_waves::Column::Planned,
@@ -869,6 +881,37 @@ async fn target_devices(
     spec: &NewRollout,
     new_only: bool,
 ) -> Result<Vec<String>> {
+    let query = target_query(txn, rollout, spec, new_only).await?;
+    Ok(query.into_tuple::<String>().all(txn).await?)
+}
+
+/// Devices of the target read at a time when the rollout starts.
+const TARGET_PAGE: u64 = 10_000;
+
+/// The next page of the target's device ids after `after`, in id order.
+async fn target_page(
+    txn: &impl ConnectionTrait,
+    spec: &NewRollout,
+    after: Option<&str>,
+) -> Result<Vec<String>> {
+    let mut query = target_query(txn, "", spec, false)
+        .await?
+        .order_by_asc(devices::Column::Id)
+        .limit(TARGET_PAGE);
+    if let Some(after) = after {
+        query = query.filter(devices::Column::Id.gt(after));
+    }
+    Ok(query.into_tuple::<String>().all(txn).await?)
+}
+
+/// The ids of the target's devices (only those not yet among `rollout`'s targets with
+/// `new_only`), as a query.
+async fn target_query(
+    txn: &impl ConnectionTrait,
+    rollout: &str,
+    spec: &NewRollout,
+    new_only: bool,
+) -> Result<sea_orm::Select<devices::Entity>> {
     let mut query = devices::Entity::find()
         .select_only()
         .column(devices::Column::Id);
@@ -881,7 +924,8 @@ async fn target_devices(
         }
         Target::Devices(ids) => {
             if new_only {
-                return Ok(Vec::new());
+                // A list of devices has no joiners.
+                return Ok(query.filter(Expr::val(false)));
             }
             query = query.filter(devices::Column::Id.is_in(ids.iter().cloned()));
         }
@@ -897,28 +941,47 @@ async fn target_devices(
             ),
         );
     }
-    Ok(query.into_tuple::<String>().all(txn).await?)
+    Ok(query)
 }
 
-/// Inserts target rows: one JSON-carried statement on PostgreSQL, chunked inserts elsewhere.
+/// A device's place in a rollout, as written when it starts or joins.
+struct TargetRow {
+    device_id: String,
+    bucket: u16,
+    wave: usize,
+    status: &'static str,
+}
+
+/// Inserts target rows of `rollout`: one JSON-carried statement on PostgreSQL, chunked
+/// inserts elsewhere.
 async fn insert_targets(
     txn: &impl ConnectionTrait,
-    rows: Vec<rollout_targets::ActiveModel>,
+    rollout: &str,
+    rows: &[TargetRow],
 ) -> Result<(), DbErr> {
+    let wave = |r: &TargetRow| i32::try_from(r.wave).unwrap_or(i32::MAX);
     if txn.get_database_backend() != DatabaseBackend::Postgres {
         for chunk in rows.chunks(CHUNK) {
-            rollout_targets::Entity::insert_many(chunk.to_vec())
+            let models = chunk.iter().map(|r| rollout_targets::ActiveModel {
+                rollout_id: Set(rollout.to_owned()),
+                device_id: Set(r.device_id.clone()),
+                bucket: Set(i32::from(r.bucket)),
+                wave: Set(wave(r)),
+                status: Set(r.status.to_owned()),
+                reason: Set(None),
+                detail: Set(None),
+            });
+            rollout_targets::Entity::insert_many(models)
                 .exec_without_returning(txn)
                 .await?;
         }
         return Ok(());
     }
     let json: Vec<serde_json::Value> = rows
-        .into_iter()
+        .iter()
         .map(|r| {
-            let r = r.try_into_model().expect("every target field is set");
-            serde_json::json!({"rollout_id": r.rollout_id, "device_id": r.device_id,
-                "bucket": r.bucket, "wave": r.wave, "status": r.status})
+            serde_json::json!({"rollout_id": rollout, "device_id": r.device_id,
+                "bucket": r.bucket, "wave": wave(r), "status": r.status})
         })
         .collect();
     for chunk in json.chunks(50_000) {

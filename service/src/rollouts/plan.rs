@@ -84,24 +84,62 @@ pub struct Cut {
     pub threshold: u16,
 }
 
-/// Cuts a target, given as its buckets in ascending order, into cumulative waves. A cut
-/// never splits a bucket, so a wave's notice (a bucket threshold) covers exactly its
-/// devices; a wave may therefore take a few more devices than its size.
-pub fn cut_waves(sorted_buckets: &[u16], sizes: &[Size]) -> Vec<Cut> {
-    let n = sorted_buckets.len();
+/// How many devices of a target fall in each bucket: all the planner needs to cut waves,
+/// whatever the fleet's size (the target itself is streamed past it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Histogram(Vec<usize>);
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram(vec![0; usize::from(BUCKETS)])
+    }
+}
+
+impl Histogram {
+    /// Counts one device in `bucket`.
+    pub fn add(&mut self, bucket: u16) {
+        self.0[usize::from(bucket.min(BUCKETS - 1))] += 1;
+    }
+
+    /// Devices counted.
+    pub fn total(&self) -> usize {
+        self.0.iter().sum()
+    }
+}
+
+impl FromIterator<u16> for Histogram {
+    fn from_iter<I: IntoIterator<Item = u16>>(buckets: I) -> Self {
+        let mut h = Histogram::default();
+        buckets.into_iter().for_each(|b| h.add(b));
+        h
+    }
+}
+
+/// Cuts a target, given as its histogram of buckets, into cumulative waves (devices in
+/// ascending bucket order). A cut never splits a bucket, so a wave's notice (a bucket
+/// threshold) covers exactly its devices; a wave may therefore take a few more devices than
+/// its size.
+pub fn cut_waves(histogram: &Histogram, sizes: &[Size]) -> Vec<Cut> {
+    let n = histogram.total();
     let mut cuts = Vec::with_capacity(sizes.len());
     let mut previous = 0;
     for size in sizes {
-        let mut k = size.of(n).max(previous);
-        while k > 0 && k < n && sorted_buckets[k] == sorted_buckets[k - 1] {
-            k += 1;
+        let wanted = size.of(n).max(previous);
+        // Extend to the end of the bucket holding the wanted-th device.
+        let (mut k, mut last) = (0, None);
+        if wanted > 0 {
+            for (b, count) in histogram.0.iter().enumerate() {
+                k += count;
+                if k >= wanted {
+                    last = Some(b);
+                    break;
+                }
+            }
         }
-        let threshold = if k == n && n > 0 {
-            BUCKETS
-        } else if k == 0 {
-            0
-        } else {
-            sorted_buckets[k - 1] + 1
+        let threshold = match last {
+            _ if k == n && n > 0 => BUCKETS,
+            None => 0,
+            Some(b) => u16::try_from(b + 1).unwrap_or(BUCKETS),
         };
         cuts.push(Cut {
             cumulative: k,
@@ -448,7 +486,7 @@ mod tests {
     fn cuts_are_cumulative_and_never_split_a_bucket() {
         let buckets = [3, 7, 7, 7, 100, 200, 9000, 9999];
         let cuts = cut_waves(
-            &buckets,
+            &buckets.into_iter().collect(),
             &[Size::Count(2), Size::Percent(75.0), Size::Percent(100.0)],
         );
         assert_eq!(
@@ -475,7 +513,10 @@ mod tests {
         assert_eq!(wave_of(7, &cuts), 0);
         assert_eq!(wave_of(8, &cuts), 1);
         assert_eq!(wave_of(9999, &cuts), 2);
-        let empty = cut_waves(&[], &[Size::Percent(10.0), Size::Percent(100.0)]);
+        let empty = cut_waves(
+            &Histogram::default(),
+            &[Size::Percent(10.0), Size::Percent(100.0)],
+        );
         assert!(empty.iter().all(|c| c.cumulative == 0));
     }
 
@@ -484,7 +525,7 @@ mod tests {
         let mut buckets: Vec<u16> = (0..1000u32).map(|i| ((i * 7919) % 10_000) as u16).collect();
         buckets.sort_unstable();
         let cuts = cut_waves(
-            &buckets,
+            &buckets.iter().copied().collect(),
             &[
                 Size::Percent(1.0),
                 Size::Percent(10.0),

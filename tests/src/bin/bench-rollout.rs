@@ -12,11 +12,12 @@
 //! Usage: bench-rollout [--devices N] [--requests R]
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use fleetwave_artifacts::{SecretKey, Sha256, SignedManifest};
+use fleetwave_artifacts::SecretKey;
 use fleetwave_tests::harness::app::{Backend, Options, TestApp};
+use fleetwave_tests::harness::postgres::register_fleet;
 use fleetwave_tests::harness::release;
 use reqwest::Method;
 use sea_orm::{ConnectionTrait, Statement};
@@ -42,17 +43,7 @@ async fn main() -> Result<()> {
     let app = TestApp::spawn_with(options).await?;
 
     // A release.
-    let image = vec![7u8; 4096];
-    let manifest = release::manifest(
-        "2.0.0",
-        image.len() as u64,
-        Sha256::of(&image),
-        Duration::from_secs(86_400),
-    );
-    let signed = SignedManifest::sign(manifest, &[&key])?;
-    let form = reqwest::multipart::Form::new()
-        .part("manifest", reqwest::multipart::Part::text(signed.to_json()))
-        .part("image", reqwest::multipart::Part::bytes(image));
+    let form = release::small_upload(&key, "2.0.0")?;
     let release: serde_json::Value = app
         .request(Method::POST, "/v1/releases", Some(&app.admin_token))
         .multipart(form)
@@ -63,23 +54,7 @@ async fn main() -> Result<()> {
     let release = release["id"].as_str().context("a release id")?.to_owned();
 
     // N devices running 1.0.0 in one static group, inserted in bulk.
-    let setup = Instant::now();
-    app.db
-        .execute_unprepared(&format!(
-            "INSERT INTO devices (id, serial, hardware, attributes, firmware_version, firmware_key, created_at, updated_at) \
-             SELECT 'dev-' || lpad(i::text, 7, '0'), NULL, 'rpi4', '{{}}'::jsonb, '1.0.0', NULL, now(), now() \
-             FROM generate_series(1, {devices}) AS i;
-             INSERT INTO groups (name, kind, query, created_at) VALUES ('bench', 'static', NULL, now());
-             INSERT INTO group_members (group_name, device_id, added_at) \
-             SELECT 'bench', id, now() FROM devices;
-             ANALYZE;"
-        ))
-        .await
-        .context("inserting the fleet")?;
-    eprintln!(
-        "set up {devices} devices in {:.1} s",
-        setup.elapsed().as_secs_f64()
-    );
+    register_fleet(&app.db, devices, "bench").await?;
 
     let (status, rollout) = app
         .call(

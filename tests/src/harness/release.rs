@@ -22,3 +22,22 @@ pub fn manifest(version: &str, size: u64, sha256: Sha256, valid_for: Duration) -
         delta_base: None,
     }
 }
+
+/// The multipart body of `POST /v1/releases` for a small image of `version` (4 KiB of one
+/// byte) signed by `key`.
+pub fn small_upload(
+    key: &fleetwave_artifacts::SecretKey,
+    version: &str,
+) -> anyhow::Result<reqwest::multipart::Form> {
+    let image = vec![7u8; 4096];
+    let manifest = manifest(
+        version,
+        image.len() as u64,
+        Sha256::of(&image),
+        Duration::from_secs(86_400),
+    );
+    let signed = fleetwave_artifacts::SignedManifest::sign(manifest, &[key])?;
+    Ok(reqwest::multipart::Form::new()
+        .part("manifest", reqwest::multipart::Part::text(signed.to_json()))
+        .part("image", reqwest::multipart::Part::bytes(image)))
+}

@@ -99,6 +99,11 @@ impl ServiceProcess {
         anyhow::bail!("fleetwave serve did not start within 15 s:\n{}", self.log())
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// The bootstrap admin token, when this replica created it.
     pub fn admin_token(&self) -> Option<String> {
         std::fs::read_to_string(self.dir.join("admin.token"))
