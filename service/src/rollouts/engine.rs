@@ -349,6 +349,11 @@ impl Engine {
             insert_targets(txn, &row.id, &rows).await?;
             after = Some(last);
         }
+        if txn.get_database_backend() == DatabaseBackend::Postgres {
+            // The rows just written have no statistics yet: without them the planner scans
+            // the whole target for every queueing batch instead of walking the pending index.
+            txn.execute_unprepared("ANALYZE rollout_targets").await?;
+        }
         let mut previous = 0;
         for (i, cut) in cuts.iter().enumerate() {
             rollout_waves::Entity::update_many()
