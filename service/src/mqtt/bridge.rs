@@ -4,6 +4,8 @@
 //! only then. While the database is down a batch is retried with backoff, unacknowledged, so
 //! nothing is lost (the broker keeps the rest for the persistent session).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -22,6 +24,10 @@ use crate::storage::Storage;
 const SHARE_GROUP: &str = "fleetwave-service";
 /// Most messages handled in one database transaction.
 const BATCH: usize = 64;
+/// Most messages waiting for the handler before QoS 0 ones are dropped. fleetwave's devices
+/// publish at QoS 1, which the broker's in-flight window bounds; nothing bounds QoS 0, so a
+/// device flooding at QoS 0 must not grow the service's memory without end.
+const MAX_WAITING_QOS0: usize = 4096;
 
 /// A cheap, cloneable handle for publishing to devices.
 #[derive(Clone)]
@@ -77,13 +83,17 @@ impl Bridge {
         // handler's answers and acknowledgements go out (with a bounded queue, a full queue
         // stalled both for good). The queue holds what the broker sent and the handler has
         // not committed yet, which the broker's in-flight window bounds (`max_inflight_messages`
-        // in the configuration `fleetwave broker config` writes).
+        // in the configuration `fleetwave broker config` writes) and, for QoS 0,
+        // [`MAX_WAITING_QOS0`].
         let (tx, rx) = mpsc::unbounded_channel::<Publish>();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let counted = waiting.clone();
         let filters = topics.service_filters();
         let subscriber = client.clone();
         let (ready, subscribed) = watch::channel(false);
         tokio::spawn(async move {
             let mut acks = 0;
+            let mut dropped = 0u64;
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
@@ -105,6 +115,16 @@ impl Bridge {
                         tracing::info!("connected to the MQTT broker");
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if p.qos == QoS::AtMostOnce
+                            && counted.load(Ordering::Relaxed) >= MAX_WAITING_QOS0
+                        {
+                            dropped += 1;
+                            if dropped % 1000 == 1 {
+                                tracing::warn!(mqtt.topic = %p.topic, dropped, "too many device messages waiting: dropping QoS 0 ones");
+                            }
+                            continue;
+                        }
+                        counted.fetch_add(1, Ordering::Relaxed);
                         if tx.send(p).is_err() {
                             return;
                         }
@@ -122,7 +142,7 @@ impl Bridge {
             topics,
             subscribed,
         };
-        tokio::spawn(bridge.clone().handle_all(db, storage, rx));
+        tokio::spawn(bridge.clone().handle_all(db, storage, rx, waiting));
         Ok(bridge)
     }
 
@@ -147,9 +167,11 @@ impl Bridge {
         db: DatabaseConnection,
         storage: Storage,
         mut rx: mpsc::UnboundedReceiver<Publish>,
+        waiting: Arc<AtomicUsize>,
     ) {
         let mut batch = Vec::with_capacity(BATCH);
         while rx.recv_many(&mut batch, BATCH).await > 0 {
+            waiting.fetch_sub(batch.len(), Ordering::Relaxed);
             let answers = self.handle_batch(&db, &storage, &batch).await;
             for (thing, request, answer) in answers.into_iter().flatten() {
                 self.answer(&thing, &request, answer).await;

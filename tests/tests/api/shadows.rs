@@ -266,7 +266,6 @@ async fn an_unregistered_device_gets_404() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_updates_from_many_devices_is_applied_completely() {
     use fleetwave_tests::harness::broker::PlainBroker;
-    use sea_orm::{ConnectionTrait, Statement};
     fleetwave_tests::harness::init();
     let broker = PlainBroker::start().await.unwrap();
     let app = TestApp::spawn_with(broker.service_options(Backend::Postgres))
@@ -304,25 +303,97 @@ async fn a_burst_of_updates_from_many_devices_is_applied_completely() {
             }
         });
     }
-    let applied = || async {
-        app.db
-            .query_one_raw(Statement::from_string(
-                sea_orm::DatabaseBackend::Postgres,
-                "SELECT coalesce(sum(version), 0)::bigint AS n FROM shadows",
-            ))
-            .await
-            .unwrap()
-            .unwrap()
-            .try_get::<i64>("", "n")
-            .unwrap()
-    };
     let mut total = 0;
     for _ in 0..600 {
-        total = applied().await;
+        total = applied_updates(&app).await;
         if total == (DEVICES * UPDATES) as i64 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(total, (DEVICES * UPDATES) as i64, "every update applied");
+}
+
+/// Shadow updates applied so far: the sum of the shadows' versions.
+async fn applied_updates(app: &TestApp) -> i64 {
+    use sea_orm::{ConnectionTrait, Statement};
+    app.db
+        .query_one_raw(Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT coalesce(sum(version), 0)::bigint AS n FROM shadows",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap()
+}
+
+/// A device flooding its shadow at QoS 0 (nothing in MQTT bounds that) cannot grow the
+/// service's backlog without end: past the bridge's limit QoS 0 messages are dropped, and the
+/// device's QoS 1 updates afterwards are still applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos0_flood_is_shed_and_later_updates_still_apply() {
+    use fleetwave_tests::harness::broker::PlainBroker;
+    fleetwave_tests::harness::init();
+    let broker = PlainBroker::start().await.unwrap();
+    let app = TestApp::spawn_with(broker.service_options(Backend::Postgres))
+        .await
+        .unwrap();
+    app.call(
+        Method::POST,
+        "/v1/devices",
+        Some(json!({"id": "flood-1", "hardware": "rpi4"})),
+    )
+    .await;
+    let (client, mut events) = app.mqtt.client("flood-1");
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let topic = format!("{}/things/flood-1/shadow/update", app.mqtt.prefix);
+    const FLOOD: i64 = 30_000;
+    for k in 0..FLOOD {
+        client
+            .publish(
+                topic.clone(),
+                QoS::AtMostOnce,
+                false,
+                json!({"state": {"reported": {"seq": k}}}).to_string(),
+            )
+            .await
+            .unwrap();
+    }
+    let mut settled = 0;
+    for _ in 0..600 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = applied_updates(&app).await;
+        if now == settled && now > 0 {
+            break;
+        }
+        settled = now;
+    }
+    assert!(
+        (4096..FLOOD).contains(&settled),
+        "{settled} of {FLOOD} applied: the backlog was bounded, not emptied"
+    );
+    client
+        .publish(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            json!({"state": {"reported": {"seq": "after"}}}).to_string(),
+        )
+        .await
+        .unwrap();
+    let mut after = settled;
+    for _ in 0..100 {
+        after = applied_updates(&app).await;
+        if after > settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        after,
+        settled + 1,
+        "the QoS 1 update after the flood is applied"
+    );
 }
