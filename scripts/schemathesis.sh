@@ -19,14 +19,17 @@ admin_url="${FLEETWAVE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/pos
 id="$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 db="fw_schemathesis_$id"
 work="$(mktemp -d)"
-psql -q "$admin_url" -c "CREATE DATABASE $db"
 service=""
 cleanup() {
-  [ -n "$service" ] && kill "$service" 2>/dev/null && wait "$service" 2>/dev/null
+  if [ -n "$service" ]; then
+    kill "$service" 2>/dev/null || true
+    wait "$service" 2>/dev/null || true
+  fi
   psql -q "$admin_url" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
   rm -rf "$work"
 }
 trap cleanup EXIT
+psql -q "$admin_url" -c "CREATE DATABASE $db"
 cargo build --quiet -p fleetwave --bin fleetwave
 FLEETWAVE__DATA_DIR="$work" \
 FLEETWAVE__SERVER__LISTEN=127.0.0.1:0 \

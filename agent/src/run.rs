@@ -646,12 +646,7 @@ fn connect(
             bail!("broker.ca, broker.cert and broker.key are required for mqtts://");
         };
         let tls = tunnel::client_config(ca, cert, key)?;
-        let tunnel = Tunnel::start(
-            tls,
-            &url.host,
-            url.port,
-            &config.data_dir.join("broker.sock"),
-        )?;
+        let tunnel = Tunnel::start(tls, &url.host, url.port, &config.data_dir.join("tunnel"))?;
         tracing::info!(broker = %config.broker.url, "connecting to the broker over mutual TLS");
         let mut options = MqttOptions::new(
             thing.as_str(),
@@ -669,6 +664,9 @@ fn connect(
         .set_clean_session(false)
         .set_max_packet_size(256 * 1024, 256 * 1024);
     let (client, mut events) = AsyncClient::new(options, 64);
+    // Connecting includes the TLS handshake the tunnel makes (up to 10 s for TCP and 15 s for
+    // TLS): rumqttc's default of 5 s would give up on a slow link before it could succeed.
+    events.network_options.set_connection_timeout(30);
     let (tx, rx) = mpsc::unbounded_channel();
     let mut filters = vec![
         topics.notify_next(thing),

@@ -1,9 +1,10 @@
 //! The agent's mutual-TLS link to the broker, in pure Rust. rumqttc's own TLS support pulls
-//! in ring (a C build), so rumqttc speaks MQTT over a private Unix socket in the agent's data
-//! directory and this module carries each of its connections to the broker over TLS 1.2+
-//! (rustls with the RustCrypto provider), presenting the device certificate and checking the
-//! broker's against the fleet CA. A failed handshake closes the local connection, so rumqttc
-//! reconnects with its usual backoff; the reason is logged here.
+//! in ring (a C build), so rumqttc speaks MQTT over a private Unix socket (in an owner-only
+//! directory of the agent's data directory, and only this process may connect) and this
+//! module carries each of its connections to the broker over TLS 1.2+ (rustls with the
+//! RustCrypto provider), presenting the device certificate and checking the broker's against
+//! the fleet CA. A failed handshake closes the local connection, so rumqttc reconnects with
+//! its usual backoff; the reason is logged here.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,28 +51,32 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<rustls::Clien
 }
 
 impl Tunnel {
-    /// Listens on `socket` (replacing a stale one, owner-only) and forwards each connection
-    /// to `host:port` over TLS with `config`.
+    /// Listens on `dir/broker.sock` (`dir` made owner-only, a stale socket replaced) and
+    /// forwards each connection from this process to `host:port` over TLS with `config`.
     pub fn start(
         config: rustls::ClientConfig,
         host: &str,
         port: u16,
-        socket: &Path,
+        dir: &Path,
     ) -> Result<Tunnel> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let name = ServerName::try_from(host.to_owned())
             .with_context(|| format!("broker.url: {host:?} is not a host name or address"))?;
-        match std::fs::remove_file(socket) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {dir:?}"))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {dir:?}"))?;
+        let socket = dir.join("broker.sock");
+        match std::fs::remove_file(&socket) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("removing {socket:?}")),
         }
         let listener =
-            UnixListener::bind(socket).with_context(|| format!("listening on {socket:?}"))?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-                .with_context(|| format!("restricting {socket:?}"))?;
-        }
+            UnixListener::bind(&socket).with_context(|| format!("listening on {socket:?}"))?;
         let connector = TlsConnector::from(Arc::new(config));
         let address = format!("{host}:{port}");
         tokio::spawn(async move {
@@ -84,6 +89,16 @@ impl Tunnel {
                         continue;
                     }
                 };
+                // Only this process's MQTT client may borrow the device's identity.
+                let own = local
+                    .peer_cred()
+                    .ok()
+                    .and_then(|c| c.pid())
+                    .is_some_and(|pid| u32::try_from(pid).ok() == Some(std::process::id()));
+                if !own {
+                    tracing::warn!("broker tunnel: refused a connection from another process");
+                    continue;
+                }
                 let connector = connector.clone();
                 let name = name.clone();
                 let address = address.clone();
@@ -94,36 +109,51 @@ impl Tunnel {
                 });
             }
         });
-        Ok(Tunnel {
-            socket: socket.to_owned(),
-        })
+        Ok(Tunnel { socket })
     }
 }
 
 /// One connection: TCP, the TLS handshake, then bytes both ways until either side closes.
 async fn carry(
-    mut local: UnixStream,
+    local: UnixStream,
     connector: &TlsConnector,
     name: ServerName<'static>,
     address: &str,
 ) -> Result<()> {
     let tcp = tokio::time::timeout(
-        std::time::Duration::from_secs(20),
+        std::time::Duration::from_secs(10),
         TcpStream::connect(address),
     )
     .await
     .context("connecting: timed out")?
     .context("connecting")?;
     tcp.set_nodelay(true).ok();
-    let mut tls = tokio::time::timeout(
-        std::time::Duration::from_secs(20),
+    let tls = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
         connector.connect(name, tcp),
     )
     .await
     .context("TLS handshake: timed out")?
     .context("TLS handshake")?;
-    tokio::io::copy_bidirectional(&mut local, &mut tls)
-        .await
+    let (mut from_local, mut to_local) = local.into_split();
+    let (mut from_broker, mut to_broker) = tokio::io::split(tls);
+    let up = async {
+        let n = tokio::io::copy(&mut from_local, &mut to_broker).await?;
+        tokio::io::AsyncWriteExt::shutdown(&mut to_broker).await?;
+        Ok::<u64, std::io::Error>(n)
+    };
+    let down = tokio::io::copy(&mut from_broker, &mut to_local);
+    tokio::pin!(up, down);
+    // When rumqttc hangs up (it gave up on a dead link, say), the broker side gets a moment
+    // to finish, not the minutes a dead TCP peer takes to time out.
+    let ended = tokio::select! {
+        r = &mut up => {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut down).await;
+            r
+        }
+        r = &mut down => r,
+    };
+    ended
         .map(|_| ())
         .or_else(|e| match e.kind() {
             // The broker or rumqttc hung up: a normal end of a session.

@@ -317,8 +317,10 @@ impl Engine {
         }
         let sizes: Vec<_> = spec.waves.iter().map(|w| w.size).collect();
         let cuts = plan::cut_waves(&histogram, &sizes);
-        let covered = cuts.last().map_or(0, |c| c.cumulative);
         let inside = cuts.last().map_or(0, |c| c.threshold);
+        // Each wave's planned size counts the rows written (the pages are read statement by
+        // statement, so a device registered or deleted meanwhile is counted as written).
+        let mut planned = vec![0i64; cuts.len()];
         let mut after = None;
         loop {
             let page = target_page(txn, spec, after.as_deref()).await?;
@@ -346,21 +348,21 @@ impl Engine {
                     })
                 })
                 .collect();
+            for r in rows.iter().filter(|r| r.status == status::PENDING) {
+                planned[r.wave] += 1;
+            }
             insert_targets(txn, &row.id, &rows).await?;
             after = Some(last);
         }
+        let covered: i64 = planned.iter().sum();
         if txn.get_database_backend() == DatabaseBackend::Postgres {
             // The rows just written have no statistics yet: without them the planner scans
             // the whole target for every queueing batch instead of walking the pending index.
             txn.execute_unprepared("ANALYZE rollout_targets").await?;
         }
-        let mut previous = 0;
-        for (i, cut) in cuts.iter().enumerate() {
+        for (i, (cut, planned)) in cuts.iter().zip(&planned).enumerate() {
             rollout_waves::Entity::update_many()
-                .col_expr(
-                    rollout_waves::Column::Planned,
-                    Expr::value(i64::try_from(cut.cumulative - previous).unwrap_or(0)),
-                )
+                .col_expr(rollout_waves::Column::Planned, Expr::value(*planned))
                 .col_expr(
                     rollout_waves::Column::Threshold,
                     Expr::value(i32::from(cut.threshold)),
@@ -369,7 +371,6 @@ impl Engine {
                 .filter(rollout_waves::Column::Wave.eq(i32::try_from(i).unwrap_or(0)))
                 .exec(txn)
                 .await?;
-            previous = cut.cumulative;
         }
         row.state = State::Running.as_str().to_owned();
         row.state_reason = None;

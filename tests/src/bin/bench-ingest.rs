@@ -126,6 +126,10 @@ async fn main() -> Result<()> {
         rate(applied, ingest),
         100.0 * rate(applied, ingest) / rate(received, raw),
     );
+    anyhow::ensure!(
+        raw_lost == 0 && lost == 0,
+        "messages were lost: {raw_lost} raw, {lost} through fleetwave"
+    );
     Ok(())
 }
 
