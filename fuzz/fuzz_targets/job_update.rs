@@ -11,17 +11,6 @@ use fleetwave_artifacts::protocol::report::OtaReport;
 use fleetwave_artifacts::protocol::topics::Topics;
 use libfuzzer_sys::fuzz_target;
 
-const STATES: [ExecutionState; 8] = [
-    ExecutionState::Queued,
-    ExecutionState::InProgress,
-    ExecutionState::Succeeded,
-    ExecutionState::Failed,
-    ExecutionState::Rejected,
-    ExecutionState::TimedOut,
-    ExecutionState::Canceled,
-    ExecutionState::Removed,
-];
-
 fuzz_target!(|data: &[u8]| {
     // The first line is the topic, the rest the report.
     let split = data.iter().position(|b| *b == b'\n').unwrap_or(data.len());
@@ -36,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let change = Change::from(&report);
-    for from in STATES {
+    for from in ExecutionState::ALL {
         for stored in [
             (None, 0),
             (Some(Step::Downloading), 50),
