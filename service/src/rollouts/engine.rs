@@ -22,9 +22,10 @@ use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query as SqlQu
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend,
     DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Statement, TransactionTrait, TryIntoModel,
+    QueryOrder, QuerySelect, QueryTrait, Statement, TransactionTrait, TryIntoModel,
 };
 
+use super::fanout;
 use super::ledger::{self, Counter};
 use super::plan::{self, Decision, Situation, State, WaveView};
 use super::spec::{NewRollout, Target};
@@ -298,62 +299,20 @@ impl Engine {
         spec: &NewRollout,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        // Two passes over the target, a page at a time, so memory stays flat whatever the
-        // fleet's size: the first counts the buckets to cut the waves, the second writes each
-        // device's target row.
-        let mut histogram = plan::Histogram::default();
-        let mut after = None;
-        loop {
-            let page = target_page(txn, spec, after.as_deref()).await?;
-            let Some(last) = page.last().cloned() else {
-                break;
-            };
-            for id in &page {
-                if let Ok(device) = DeviceId::parse(id) {
-                    histogram.add(bucket(&device, &row.id));
-                }
-            }
-            after = Some(last);
-        }
         let sizes: Vec<_> = spec.waves.iter().map(|w| w.size).collect();
-        let cuts = plan::cut_waves(&histogram, &sizes);
-        let inside = cuts.last().map_or(0, |c| c.threshold);
-        // Each wave's planned size counts the rows written (the pages are read statement by
-        // statement, so a device registered or deleted meanwhile is counted as written).
-        let mut planned = vec![0i64; cuts.len()];
-        let mut after = None;
-        loop {
-            let page = target_page(txn, spec, after.as_deref()).await?;
-            let Some(last) = page.last().cloned() else {
-                break;
-            };
-            let rows: Vec<TargetRow> = page
-                .into_iter()
-                .filter_map(|id| {
-                    let b = bucket(&DeviceId::parse(&id).ok()?, &row.id);
-                    Some(if b < inside {
-                        TargetRow {
-                            device_id: id,
-                            bucket: b,
-                            wave: plan::wave_of(b, &cuts),
-                            status: status::PENDING,
-                        }
-                    } else {
-                        TargetRow {
-                            device_id: id,
-                            bucket: b,
-                            wave: cuts.len(),
-                            status: status::OUTSIDE,
-                        }
-                    })
-                })
-                .collect();
-            for r in rows.iter().filter(|r| r.status == status::PENDING) {
-                planned[r.wave] += 1;
-            }
-            insert_targets(txn, &row.id, &rows).await?;
-            after = Some(last);
-        }
+        let (cuts, planned) = if txn.get_database_backend() == DatabaseBackend::Postgres {
+            // Two statements, no device row leaving the database: the buckets' histogram
+            // to cut the waves, then every target row.
+            let target = target_query(txn, "", spec, false)
+                .await?
+                .build(DatabaseBackend::Postgres);
+            let histogram = fanout::histogram(txn, &target, &row.id).await?;
+            let cuts = plan::cut_waves(&histogram, &sizes);
+            let planned = fanout::write_targets(txn, &target, &row.id, &cuts).await?;
+            (cuts, planned)
+        } else {
+            snapshot_in_pages(txn, spec, &row.id, &sizes).await?
+        };
         let covered: i64 = planned.iter().sum();
         if txn.get_database_backend() == DatabaseBackend::Postgres {
             // The rows just written have no statistics yet: without them the planner scans
@@ -456,27 +415,57 @@ impl Engine {
             allowance = tokens.floor().max(0.0) as u64;
         }
         let today = Timestamp::from_unix(u64::try_from(now.timestamp()).unwrap_or(0));
+        let postgres = txn.get_database_backend() == DatabaseBackend::Postgres;
         while allowance > 0 {
-            let batch = rollout_targets::Entity::find()
-                .filter(rollout_targets::Column::RolloutId.eq(&row.id))
-                .filter(rollout_targets::Column::Status.eq(status::PENDING))
-                .filter(rollout_targets::Column::Wave.lte(row.current_wave))
-                .order_by_asc(rollout_targets::Column::Wave)
-                .order_by_asc(rollout_targets::Column::Bucket)
-                .order_by_asc(rollout_targets::Column::DeviceId)
-                .limit(Ord::min(allowance, BATCH))
-                .all(txn)
+            let limit = Ord::min(allowance, if postgres { fanout::BATCH } else { BATCH });
+            // On PostgreSQL one statement queues every device the rules surely admit and
+            // hands back the rest; elsewhere every pending device is judged here.
+            let (picked, mut queued, rest) = if postgres {
+                let batch = fanout::queue_batch(
+                    txn,
+                    &row.id,
+                    &row.job_id,
+                    row.current_wave,
+                    limit,
+                    manifest,
+                    now,
+                )
                 .await?;
-            if batch.is_empty() {
+                (batch.picked, batch.queued, batch.undecided)
+            } else {
+                let rest: Vec<fanout::Picked> = rollout_targets::Entity::find()
+                    .filter(rollout_targets::Column::RolloutId.eq(&row.id))
+                    .filter(rollout_targets::Column::Status.eq(status::PENDING))
+                    .filter(rollout_targets::Column::Wave.lte(row.current_wave))
+                    .order_by_asc(rollout_targets::Column::Wave)
+                    .order_by_asc(rollout_targets::Column::Bucket)
+                    .order_by_asc(rollout_targets::Column::DeviceId)
+                    .limit(limit)
+                    .all(txn)
+                    .await?
+                    .into_iter()
+                    .map(|t| fanout::Picked {
+                        device_id: t.device_id,
+                        wave: t.wave,
+                        bucket: t.bucket,
+                    })
+                    .collect();
+                (rest.len(), Vec::new(), rest)
+            };
+            if picked == 0 {
                 break;
             }
-            let ids: Vec<String> = batch.iter().map(|t| t.device_id.clone()).collect();
-            let found = load_devices(txn, &ids).await?;
+            let ids: Vec<String> = rest.iter().map(|t| t.device_id.clone()).collect();
+            let found = if ids.is_empty() {
+                BTreeMap::new()
+            } else {
+                load_devices(txn, &ids).await?
+            };
             let mut executions = Vec::new();
             let mut history = Vec::new();
-            let mut queued_ids = Vec::new();
-            let mut per_wave: BTreeMap<i32, i64> = BTreeMap::new();
-            for target in &batch {
+            let mut judged_ids = Vec::new();
+            let mut incompatible = Vec::new();
+            for target in rest {
                 let verdict = match found.get(&target.device_id) {
                     None => Err((
                         "device_deleted".to_owned(),
@@ -503,28 +492,7 @@ impl Engine {
                     }
                 };
                 match verdict {
-                    Err((code, detail)) => {
-                        rollout_targets::Entity::update_many()
-                            .col_expr(
-                                rollout_targets::Column::Status,
-                                Expr::value(status::INCOMPATIBLE),
-                            )
-                            .col_expr(rollout_targets::Column::Reason, Expr::value(code))
-                            .col_expr(rollout_targets::Column::Detail, Expr::value(detail))
-                            .filter(rollout_targets::Column::RolloutId.eq(&row.id))
-                            .filter(rollout_targets::Column::DeviceId.eq(&target.device_id))
-                            .exec(txn)
-                            .await?;
-                        ledger::shift(
-                            txn,
-                            &row.id,
-                            target.wave,
-                            None,
-                            Some(Counter::Incompatible),
-                            1,
-                        )
-                        .await?;
-                    }
+                    Err((code, detail)) => incompatible.push((target, code, detail)),
                     Ok(()) => {
                         let device = &found[&target.device_id];
                         executions.push(job_executions::ActiveModel {
@@ -558,34 +526,36 @@ impl Engine {
                             firmware_version: Set(device.firmware_version.clone()),
                             at: Set(now),
                         });
-                        queued_ids.push(target.device_id.clone());
-                        *per_wave.entry(target.wave).or_default() += 1;
-                        out.queued.push((
-                            target.device_id.clone(),
-                            u16::try_from(target.bucket).unwrap_or(u16::MAX),
-                            1,
-                        ));
+                        judged_ids.push(target.device_id.clone());
+                        queued.push(target);
                     }
                 }
             }
             insert_queued(txn, executions, history).await?;
-            mark_queued(txn, &row.id, &queued_ids).await?;
-            for (wave, n) in per_wave {
-                ledger::shift(
-                    txn,
-                    &row.id,
-                    wave,
-                    None,
-                    Some(Counter::State(ExecutionState::Queued)),
-                    n,
-                )
-                .await?;
+            mark_queued(txn, &row.id, &judged_ids).await?;
+            mark_incompatible(txn, &row.id, &incompatible).await?;
+            let mut per_wave: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+            for target in &queued {
+                per_wave.entry(target.wave).or_default().0 += 1;
             }
-            let queued = queued_ids.len() as u64;
-            allowance = allowance.saturating_sub(batch.len() as u64);
+            for (target, _, _) in &incompatible {
+                per_wave.entry(target.wave).or_default().1 += 1;
+            }
+            for (wave, (n_queued, n_incompatible)) in per_wave {
+                let queued_to = Some(Counter::State(ExecutionState::Queued));
+                ledger::shift(txn, &row.id, wave, None, queued_to, n_queued).await?;
+                let incompatible_to = Some(Counter::Incompatible);
+                ledger::shift(txn, &row.id, wave, None, incompatible_to, n_incompatible).await?;
+            }
             if spec.rate_per_minute.is_some() {
-                row.rate_tokens -= queued as f64;
+                row.rate_tokens -= queued.len() as f64;
             }
+            out.queued.extend(
+                queued
+                    .into_iter()
+                    .map(|t| (t.device_id, u16::try_from(t.bucket).unwrap_or(u16::MAX), 1)),
+            );
+            allowance = allowance.saturating_sub(picked as u64);
         }
         Ok(())
     }
@@ -879,6 +849,71 @@ async fn pending(txn: &impl ConnectionTrait, rollout: &str, current: i32) -> Res
         .await
 }
 
+/// The target snapshot without set-based statements (SQLite): two passes over the target,
+/// a page at a time, so memory stays flat whatever the fleet's size. The first counts the
+/// buckets to cut the waves, the second writes each device's target row. Returns the cuts
+/// and each wave's pending devices.
+async fn snapshot_in_pages(
+    txn: &DatabaseTransaction,
+    spec: &NewRollout,
+    rollout: &str,
+    sizes: &[super::spec::Size],
+) -> Result<(Vec<plan::Cut>, Vec<i64>)> {
+    let mut histogram = plan::Histogram::default();
+    let mut after = None;
+    loop {
+        let page = target_page(txn, spec, after.as_deref()).await?;
+        let Some(last) = page.last().cloned() else {
+            break;
+        };
+        for id in &page {
+            if let Ok(device) = DeviceId::parse(id) {
+                histogram.add(bucket(&device, rollout));
+            }
+        }
+        after = Some(last);
+    }
+    let cuts = plan::cut_waves(&histogram, sizes);
+    let inside = cuts.last().map_or(0, |c| c.threshold);
+    // Each wave's planned size counts the rows written (the pages are read statement by
+    // statement, so a device registered or deleted meanwhile is counted as written).
+    let mut planned = vec![0i64; cuts.len()];
+    let mut after = None;
+    loop {
+        let page = target_page(txn, spec, after.as_deref()).await?;
+        let Some(last) = page.last().cloned() else {
+            break;
+        };
+        let rows: Vec<TargetRow> = page
+            .into_iter()
+            .filter_map(|id| {
+                let b = bucket(&DeviceId::parse(&id).ok()?, rollout);
+                Some(if b < inside {
+                    TargetRow {
+                        device_id: id,
+                        bucket: b,
+                        wave: plan::wave_of(b, &cuts),
+                        status: status::PENDING,
+                    }
+                } else {
+                    TargetRow {
+                        device_id: id,
+                        bucket: b,
+                        wave: cuts.len(),
+                        status: status::OUTSIDE,
+                    }
+                })
+            })
+            .collect();
+        for r in rows.iter().filter(|r| r.status == status::PENDING) {
+            planned[r.wave] += 1;
+        }
+        insert_targets(txn, rollout, &rows).await?;
+        after = Some(last);
+    }
+    Ok((cuts, planned))
+}
+
 /// The ids of the target's registered devices; with `new_only`, only those not yet among
 /// the rollout's targets.
 async fn target_devices(
@@ -1113,6 +1148,52 @@ async fn insert_queued(
         &history,
     )
     .await
+}
+
+/// Marks targets as incompatible, each with its rule's code and message.
+async fn mark_incompatible(
+    txn: &impl ConnectionTrait,
+    rollout: &str,
+    targets: &[(fanout::Picked, String, String)],
+) -> Result<(), DbErr> {
+    if targets.is_empty() {
+        return Ok(());
+    }
+    if txn.get_database_backend() == DatabaseBackend::Postgres {
+        let rows: Vec<serde_json::Value> = targets
+            .iter()
+            .map(|(t, code, detail)| {
+                serde_json::json!({"device_id": t.device_id, "reason": code, "detail": detail})
+            })
+            .collect();
+        txn.execute_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            "UPDATE rollout_targets t SET status = $2, reason = x.reason, detail = x.detail \
+             FROM json_to_recordset($3::json) AS x(device_id text, reason text, detail text) \
+             WHERE t.rollout_id = $1 AND t.device_id = x.device_id",
+            vec![
+                rollout.to_owned().into(),
+                status::INCOMPATIBLE.into(),
+                serde_json::to_string(&rows).expect("rows serialise").into(),
+            ],
+        ))
+        .await?;
+        return Ok(());
+    }
+    for (target, code, detail) in targets {
+        rollout_targets::Entity::update_many()
+            .col_expr(
+                rollout_targets::Column::Status,
+                Expr::value(status::INCOMPATIBLE),
+            )
+            .col_expr(rollout_targets::Column::Reason, Expr::value(code.clone()))
+            .col_expr(rollout_targets::Column::Detail, Expr::value(detail.clone()))
+            .filter(rollout_targets::Column::RolloutId.eq(rollout))
+            .filter(rollout_targets::Column::DeviceId.eq(&target.device_id))
+            .exec(txn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Marks targets as queued.

@@ -4,6 +4,7 @@
 //! execution transition, so [`status`] reads counters and never scans executions.
 
 pub mod engine;
+mod fanout;
 pub mod ledger;
 pub mod plan;
 pub mod spec;

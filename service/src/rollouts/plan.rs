@@ -98,7 +98,12 @@ impl Default for Histogram {
 impl Histogram {
     /// Counts one device in `bucket`.
     pub fn add(&mut self, bucket: u16) {
-        self.0[usize::from(bucket.min(BUCKETS - 1))] += 1;
+        self.count(bucket, 1);
+    }
+
+    /// Counts `n` devices in `bucket`.
+    pub fn count(&mut self, bucket: u16, n: usize) {
+        self.0[usize::from(bucket.min(BUCKETS - 1))] += n;
     }
 
     /// Devices counted.

@@ -91,9 +91,10 @@ pub async fn register_fleet(
     group: &str,
 ) -> Result<()> {
     let started = std::time::Instant::now();
+    let key = fleetwave::registry::version_key::of(&semver::Version::new(1, 0, 0));
     conn.execute_unprepared(&format!(
         "INSERT INTO devices (id, serial, hardware, attributes, firmware_version, firmware_key, created_at, updated_at) \
-         SELECT 'dev-' || lpad(i::text, 7, '0'), NULL, 'rpi4', jsonb_build_object('site', 's-' || (i % 50)), '1.0.0', NULL, now(), now() \
+         SELECT 'dev-' || lpad(i::text, 7, '0'), NULL, 'rpi4', jsonb_build_object('site', 's-' || (i % 50)), '1.0.0', '{key}', now(), now() \
          FROM generate_series(1, {devices}) AS i;
          INSERT INTO groups (name, kind, query, created_at) VALUES ('{group}', 'static', NULL, now());
          INSERT INTO group_members (group_name, device_id, added_at) SELECT '{group}', id, now() FROM devices;

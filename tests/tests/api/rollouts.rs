@@ -1215,3 +1215,179 @@ async fn schedule_approval_pause_resume_and_cancel() {
         );
     }
 }
+
+/// The engine queues on PostgreSQL with set-based statements that restate the bucket and
+/// the install rules in SQL, and on SQLite device by device in Rust: both must agree with
+/// the Rust originals for every device, pre-releases and build metadata included.
+async fn fanout_agrees_with_the_rust_rules(backend: Backend) {
+    use fleetwave::registry::entities::rollout_targets;
+    use fleetwave_artifacts::protocol::bucket::bucket;
+    use fleetwave_artifacts::{DeviceId, Timestamp, rules};
+
+    let key = SecretKey::generate().unwrap();
+    let mut options = Options::new(backend);
+    options.trusted_keys = vec![key.public()];
+    let app = TestApp::spawn_with(options).await.unwrap();
+    let bytes = image(2048, 5);
+    let mut m = manifest(&bytes, "2.0.0-rc.10", -60, 7 * 86_400);
+    m.min_version = Some("1.0.0-beta.2".parse().unwrap());
+    let (status, release) = upload(&app, sign(m.clone(), &key), bytes).await;
+    assert_eq!(status, StatusCode::CREATED, "{release}");
+    let firmware = [
+        None,
+        Some("0.9.0"),
+        Some("1.0.0-beta.1"),
+        Some("1.0.0-beta.2"),
+        Some("1.0.0-beta.10"),
+        Some("1.0.0"),
+        Some("1.0.0+build.7"),
+        Some("2.0.0-rc.9"),
+        Some("2.0.0-rc.10"),
+        Some("2.0.0-rc.10+b"),
+        Some("2.0.0-rc.11"),
+        Some("2.0.0"),
+        Some("3.1.4"),
+    ];
+    let mut devices = Vec::new();
+    for copy in 0..3 {
+        for hardware in ["rpi4", "rpi3"] {
+            for (i, version) in firmware.iter().enumerate() {
+                let id = format!("fw-{hardware}-{i:02}-{copy}");
+                let (status, body) = app
+                    .call(
+                        Method::POST,
+                        "/v1/devices",
+                        Some(json!({"id": id, "hardware": hardware})),
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::CREATED, "{body}");
+                let installed = version.map(|v| semver::Version::parse(v).unwrap());
+                if let Some(v) = &installed {
+                    fleetwave::registry::devices::record_firmware(&app.db, &id, v)
+                        .await
+                        .unwrap();
+                }
+                devices.push((id, hardware, installed));
+            }
+        }
+    }
+    let ids: Vec<&String> = devices.iter().map(|(id, _, _)| id).collect();
+    app.call(Method::POST, "/v1/groups", Some(json!({"name": "fleet"})))
+        .await;
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/v1/groups/fleet/members",
+            Some(json!({"devices": ids})),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let (status, rollout) = app
+        .call(
+            Method::POST,
+            "/v1/rollouts",
+            Some(json!({
+                "release": release["id"],
+                "target": {"group": "fleet"},
+                "waves": [{"size": {"percent": 40}}, {"size": {"percent": 100}}],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    let rollout = rollout["id"].as_str().unwrap().to_owned();
+    app.engine.tick(Utc::now()).await.unwrap();
+
+    let targets: BTreeMap<String, rollout_targets::Model> = rollout_targets::Entity::find()
+        .filter(rollout_targets::Column::RolloutId.eq(&rollout))
+        .all(&app.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.device_id.clone(), t))
+        .collect();
+    assert_eq!(targets.len(), devices.len(), "one target row per device");
+    let first_wave_threshold = targets
+        .values()
+        .filter(|t| t.wave == 0)
+        .map(|t| t.bucket)
+        .max()
+        .unwrap();
+    let now = Timestamp::now();
+    for (id, hardware, installed) in &devices {
+        let target = &targets[id];
+        assert_eq!(
+            target.bucket,
+            i32::from(bucket(&DeviceId::parse(id).unwrap(), &rollout)),
+            "{id}: the bucket written is the one devices compute"
+        );
+        assert_eq!(
+            target.wave == 0,
+            target.bucket <= first_wave_threshold,
+            "{id}: waves are cut by bucket"
+        );
+        if target.wave != 0 {
+            assert_eq!(target.status, "pending", "{id}: the second wave waits");
+            continue;
+        }
+        let verdict = rules::check_manifest(
+            &m,
+            rules::Device {
+                hardware,
+                installed: installed.as_ref(),
+                security_floor: None,
+            },
+            rules::Request { now, force: false },
+        );
+        match verdict {
+            Ok(()) => assert_eq!(target.status, "queued", "{id} ({installed:?})"),
+            Err(e) => {
+                assert_eq!(target.status, "incompatible", "{id} ({installed:?})");
+                assert_eq!(target.reason.as_deref(), Some(e.code()), "{id}");
+            }
+        }
+        let executions = job_executions::Entity::find()
+            .filter(job_executions::Column::DeviceId.eq(id.as_str()))
+            .all(&app.db)
+            .await
+            .unwrap();
+        let history = execution_history::Entity::find()
+            .filter(execution_history::Column::DeviceId.eq(id.as_str()))
+            .all(&app.db)
+            .await
+            .unwrap();
+        let queued = usize::from(target.status == "queued");
+        assert_eq!(executions.len(), queued, "{id}: an execution iff queued");
+        assert_eq!(history.len(), queued, "{id}: a history row iff queued");
+        if let Some(h) = history.first() {
+            assert_eq!(h.hardware, *hardware);
+            assert_eq!(
+                h.firmware_version,
+                installed.as_ref().map(ToString::to_string)
+            );
+        }
+    }
+    let status = {
+        let (code, body) = app
+            .call(Method::GET, &format!("/v1/rollouts/{rollout}"), None)
+            .await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        body
+    };
+    let wave = &waves(&status)[0];
+    let first: Vec<_> = targets.values().filter(|t| t.wave == 0).collect();
+    let count = |s: &str| first.iter().filter(|t| t.status == s).count() as i64;
+    assert_eq!(wave["incompatible"], count("incompatible"), "{status}");
+    assert_eq!(wave["queued"], count("queued"), "{status}");
+    assert_eq!(wave["planned"], first.len() as i64, "{status}");
+    assert!(count("queued") > 0 && count("incompatible") > 0, "{status}");
+}
+
+#[tokio::test]
+async fn the_set_based_fanout_on_postgres_agrees_with_the_rust_rules() {
+    fanout_agrees_with_the_rust_rules(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn the_row_by_row_fanout_on_sqlite_agrees_with_the_rust_rules() {
+    fanout_agrees_with_the_rust_rules(Backend::Sqlite).await;
+}
