@@ -186,13 +186,17 @@ fn run(command: Command, json: bool) -> Result<()> {
             };
             let verified = check_release(&signed, &trust, device, request)?;
             if let Some(url) = url {
+                // The download reads the image back as it lands: its digest is the file's.
                 fetch(&url, &image, verified.manifest().size)
-                    .with_context(|| format!("fetching {url} into {}", image.display()))?;
+                    .with_context(|| format!("fetching {url} into {}", image.display()))?
+                    .finish(&verified.manifest().sha256)
+                    .with_context(|| format!("image {}", image.display()))?;
+            } else {
+                let file = std::fs::File::open(&image)
+                    .with_context(|| format!("opening image {}", image.display()))?;
+                check_image(&verified, file, |_| {})
+                    .with_context(|| format!("image {}", image.display()))?;
             }
-            let file = std::fs::File::open(&image)
-                .with_context(|| format!("opening image {}", image.display()))?;
-            check_image(&verified, file, |_| {})
-                .with_context(|| format!("image {}", image.display()))?;
             let m = verified.manifest();
             if json {
                 println!(
@@ -208,8 +212,12 @@ fn run(command: Command, json: bool) -> Result<()> {
 }
 
 /// Downloads `url` into `image` as a job does, retrying a broken transfer from the last
-/// durable byte (up to five attempts).
-fn fetch(url: &str, image: &std::path::Path, size: u64) -> Result<()> {
+/// durable byte (up to five attempts); returns the image as read back.
+fn fetch(
+    url: &str,
+    image: &std::path::Path,
+    size: u64,
+) -> Result<fleetwave_artifacts::digest::ImageHasher> {
     use fleetwave_agent::download::{self, Stop};
     let _ = rustls::crypto::CryptoProvider::install_default(rustls_rustcrypto::provider());
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -223,10 +231,11 @@ fn fetch(url: &str, image: &std::path::Path, size: u64) -> Result<()> {
         std::fs::File::create(image)?;
         let mut from = 0;
         for attempt in 1..=5 {
-            match download::fetch(&http, url, image, from, size, |_| {}).await {
-                Ok(_) => return Ok(()),
+            let mut durable = from;
+            match download::fetch(&http, url, image, from, size, |p| durable = p.durable).await {
+                Ok(fetched) => return Ok(fetched.readback),
                 Err(Stop::Broken(reason)) if attempt < 5 => {
-                    from = std::fs::metadata(image)?.len() / download::CHUNK * download::CHUNK;
+                    from = durable;
                     eprintln!("fleetwave-agent: {reason}; resuming at byte {from}");
                 }
                 Err(e) => return Err(e.into()),

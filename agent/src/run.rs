@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use fleetwave_artifacts::digest::ImageHasher;
 use fleetwave_artifacts::protocol::jobs::{JobDocument, WaveNotice};
 use fleetwave_artifacts::protocol::topics::{Reply, Request, ShadowOp, Topics};
 use fleetwave_artifacts::rules::{Device, Request as RuleRequest};
@@ -66,6 +67,10 @@ pub struct Agent {
     http: reqwest::Client,
     last_progress: Option<Instant>,
     tokens: u64,
+    /// The digest of the slot as read back by this process's download (job id, slot): the
+    /// verification needs no second pass over the slot then. Gone after a restart, when
+    /// the slot is read back once more.
+    readback: Option<(String, Slot, ImageHasher)>,
 }
 
 /// How the agent stopped.
@@ -113,6 +118,7 @@ impl Agent {
             held: VecDeque::new(),
             last_progress: None,
             tokens: 0,
+            readback: None,
         })
     }
 
@@ -334,7 +340,7 @@ impl Agent {
             .await;
             // Record what is durable, through the machine (it persists).
             let fetched: u64 = match &result {
-                Ok(p) => p.fetched,
+                Ok(f) => f.progress.fetched,
                 Err(_) => durable.last().map_or(0, |p| p.fetched),
             };
             if let Some(work) = &mut self.state.work {
@@ -354,7 +360,10 @@ impl Agent {
                     .await;
             }
             match result {
-                Ok(_) => return Ok(Event::Downloaded),
+                Ok(fetched) => {
+                    self.readback = Some((job.id.clone(), slot, fetched.readback));
+                    return Ok(Event::Downloaded);
+                }
                 Err(Stop::TooLarge(size)) => {
                     return Ok(Event::Failed(Failure::new(
                         "exceeds_signed_size",
@@ -432,6 +441,16 @@ impl Agent {
             Ok(v) => v,
             Err(e) => return Ok(Event::Failed(Failure::new(e.code(), e.to_string()))),
         };
+        if let Some((_, _, readback)) = self
+            .readback
+            .take()
+            .filter(|(id, s, _)| *id == job.id && *s == slot)
+        {
+            return Ok(match readback.finish(&verified.manifest().sha256) {
+                Ok(()) => Event::Verified,
+                Err(e) => Event::Failed(Failure::new(e.code(), e.to_string())),
+            });
+        }
         let path = self.boot.slot_path(slot);
         let size = job.size;
         let result =

@@ -1,6 +1,7 @@
 //! Installs that go the whole way: trial boot, health check, commit, SUCCEEDED; a crash at
 //! every persisted step; a failing health check that rolls back.
 
+use fleetwave_agent::download::CHUNK;
 use fleetwave_tests::harness::agent::{AgentOptions, TestAgent};
 
 use super::{World, device_id};
@@ -62,10 +63,11 @@ async fn a_full_update_trial_boots_commits_and_reports_success() {
 /// process dies there, starts again, and the device still ends updated with a true report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_every_persisted_step_ends_updated_and_truly_reported() {
-    let world = World::new(2 * 1024 * 1024 + 777).await;
+    let world = World::new(2 * CHUNK as usize + 777).await;
+    let mid_write = format!("write:{CHUNK}");
     let cuts = [
         "persist:Downloading",
-        "write:1048576",
+        &mid_write,
         "persist:Verifying",
         "persist:Switching",
         "persist:Rebooting",
