@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use fleetwave_artifacts::DeviceId;
 use fleetwave_artifacts::protocol::jobs::WaveNotice;
-use fleetwave_artifacts::protocol::topics::{Reply, Request, Topics};
+use fleetwave_artifacts::protocol::topics::{Reply, Request, ShadowOp, Topics};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use tokio::sync::{mpsc, watch};
@@ -23,7 +23,7 @@ use crate::storage::Storage;
 /// The prefix of the shared-subscription groups all replicas join (one per filter).
 const SHARE_GROUP: &str = "fleetwave-service";
 /// Most messages handled in one database transaction.
-const BATCH: usize = 64;
+const BATCH: usize = 256;
 /// Most messages waiting for the handler before QoS 0 ones are dropped. fleetwave's devices
 /// publish at QoS 1, which the broker's in-flight window bounds; nothing bounds QoS 0, so a
 /// device flooding at QoS 0 must not grow the service's memory without end.
@@ -213,25 +213,53 @@ impl Bridge {
         batch: &[Publish],
     ) -> Result<Vec<Option<(DeviceId, Request, Answer)>>> {
         let txn = db.begin().await?;
+        let parsed: Vec<_> = batch
+            .iter()
+            .map(|publish| {
+                let parsed = self.topics.parse_request(&publish.topic);
+                if parsed.is_none() {
+                    tracing::warn!(mqtt.topic = %publish.topic, "ignoring a message on an unknown topic");
+                }
+                parsed
+            })
+            .collect();
         let mut answers = Vec::with_capacity(batch.len());
-        for publish in batch {
-            let Some((thing, request)) = self.topics.parse_request(&publish.topic) else {
-                tracing::warn!(mqtt.topic = %publish.topic, "ignoring a message on an unknown topic");
+        let mut i = 0;
+        while i < batch.len() {
+            let Some((thing, request)) = &parsed[i] else {
                 answers.push(None);
+                i += 1;
                 continue;
             };
-            let answer = match &request {
+            // A run of shadow updates goes through set-based statements together.
+            let run_len = parsed[i..]
+                .iter()
+                .take_while(|p| matches!(p, Some((_, Request::Shadow(ShadowOp::Update)))))
+                .count();
+            if run_len > 0 {
+                let run: Vec<(&DeviceId, &[u8])> = parsed[i..i + run_len]
+                    .iter()
+                    .zip(&batch[i..i + run_len])
+                    .filter_map(|(p, publish)| p.as_ref().map(|(t, _)| (t, &publish.payload[..])))
+                    .collect();
+                let outs = shadow::update_run(&txn, &run).await?;
+                for ((thing, request), out) in parsed[i..i + run_len].iter().flatten().zip(outs) {
+                    answers.push(Some((thing.clone(), request.clone(), Answer::Shadow(out))));
+                }
+                i += run_len;
+                continue;
+            }
+            let answer = match request {
                 Request::Shadow(op) => {
-                    Answer::Shadow(shadow::handle(&txn, &thing, *op, &publish.payload).await?)
+                    Answer::Shadow(shadow::handle(&txn, thing, *op, &batch[i].payload).await?)
                 }
-                Request::StartNext => {
-                    Answer::Job(jobs::next_document(&txn, storage, &thing).await?)
-                }
+                Request::StartNext => Answer::Job(jobs::next_document(&txn, storage, thing).await?),
                 Request::JobGet(job) => {
-                    Answer::Job(jobs::document(&txn, storage, job, &thing).await?)
+                    Answer::Job(jobs::document(&txn, storage, job, thing).await?)
                 }
             };
-            answers.push(Some((thing, request, answer)));
+            answers.push(Some((thing.clone(), request.clone(), answer)));
+            i += 1;
         }
         txn.commit().await?;
         Ok(answers)

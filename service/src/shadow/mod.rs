@@ -63,54 +63,15 @@ pub async fn handle(
     op: ShadowOp,
     payload: &[u8],
 ) -> Result<Vec<Outgoing>, DbErr> {
-    if payload.len() > MAX_REQUEST_BYTES {
-        let r = Rejection {
-            code: 413,
-            message: format!("the request is larger than {MAX_REQUEST_BYTES} bytes"),
-        };
-        return Ok(rejected(op, &r, None));
-    }
-    let request: Value = if payload.is_empty() && op != ShadowOp::Update {
-        Value::Object(Default::default())
-    } else {
-        match serde_json::from_slice(payload) {
-            Ok(v) => v,
-            Err(e) => {
-                let r = Rejection {
-                    code: 400,
-                    message: format!("invalid JSON: {e}"),
-                };
-                return Ok(rejected(op, &r, None));
-            }
-        }
-    };
-    let token = match document::client_token(&request) {
-        Ok(t) => t.map(str::to_owned),
-        Err(r) => return Ok(rejected(op, &r, None)),
+    let (request, token) = match parse_request(op, payload) {
+        Ok(parsed) => parsed,
+        Err(out) => return Ok(out),
     };
     let token = token.as_deref();
     match op {
         ShadowOp::Update => Ok(match apply_in(db, thing, &request, None).await? {
-            Ok(updated) => {
-                let mut out = vec![
-                    Outgoing {
-                        channel: Channel::Reply(op, Reply::Accepted),
-                        payload: updated.accepted,
-                    },
-                    Outgoing {
-                        channel: Channel::Documents,
-                        payload: updated.documents,
-                    },
-                ];
-                if let Some(delta) = updated.delta {
-                    out.push(Outgoing {
-                        channel: Channel::Delta,
-                        payload: delta,
-                    });
-                }
-                out
-            }
-            Err(r) => rejected(op, &r, token),
+            Ok(updated) => update_answers(updated),
+            Err(r) => rejected(ShadowOp::Update, &r, token),
         }),
         ShadowOp::Get => Ok(match load(db, thing).await? {
             Some(shadow) => vec![Outgoing {
@@ -141,6 +102,178 @@ pub async fn handle(
     }
 }
 
+/// A request's JSON and client token, or the rejection to publish.
+fn parse_request(op: ShadowOp, payload: &[u8]) -> Result<(Value, Option<String>), Vec<Outgoing>> {
+    if payload.len() > MAX_REQUEST_BYTES {
+        let r = Rejection {
+            code: 413,
+            message: format!("the request is larger than {MAX_REQUEST_BYTES} bytes"),
+        };
+        return Err(rejected(op, &r, None));
+    }
+    let request: Value = if payload.is_empty() && op != ShadowOp::Update {
+        Value::Object(Default::default())
+    } else {
+        match serde_json::from_slice(payload) {
+            Ok(v) => v,
+            Err(e) => {
+                let r = Rejection {
+                    code: 400,
+                    message: format!("invalid JSON: {e}"),
+                };
+                return Err(rejected(op, &r, None));
+            }
+        }
+    };
+    match document::client_token(&request) {
+        Ok(t) => {
+            let token = t.map(str::to_owned);
+            Ok((request, token))
+        }
+        Err(r) => Err(rejected(op, &r, None)),
+    }
+}
+
+/// What to publish for an accepted update.
+fn update_answers(updated: document::Updated) -> Vec<Outgoing> {
+    let mut out = vec![
+        Outgoing {
+            channel: Channel::Reply(ShadowOp::Update, Reply::Accepted),
+            payload: updated.accepted,
+        },
+        Outgoing {
+            channel: Channel::Documents,
+            payload: updated.documents,
+        },
+    ];
+    if let Some(delta) = updated.delta {
+        out.push(Outgoing {
+            channel: Channel::Delta,
+            payload: delta,
+        });
+    }
+    out
+}
+
+/// Handles a run of update requests devices sent (in arrival order) inside the caller's
+/// transaction, as [`handle`] would one by one, with set-based statements on PostgreSQL:
+/// one locks every device of the run and reads its shadow, one writes every changed shadow
+/// back. What follows from a report (the registry's firmware version, an execution's
+/// transition) is then applied request by request, in order. Answers come back in the
+/// requests' order.
+pub async fn update_run(
+    txn: &impl ConnectionTrait,
+    run: &[(&DeviceId, &[u8])],
+) -> Result<Vec<Vec<Outgoing>>, DbErr> {
+    let backend = txn.get_database_backend();
+    if backend != sea_orm::DatabaseBackend::Postgres || run.len() == 1 {
+        let mut answers = Vec::with_capacity(run.len());
+        for (thing, payload) in run {
+            answers.push(handle(txn, thing, ShadowOp::Update, payload).await?);
+        }
+        return Ok(answers);
+    }
+    let parsed: Vec<_> = run
+        .iter()
+        .map(|(_, payload)| parse_request(ShadowOp::Update, payload))
+        .collect();
+    let mut ids: Vec<&str> = run
+        .iter()
+        .zip(&parsed)
+        .filter(|(_, p)| p.is_ok())
+        .map(|((thing, _), _)| thing.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    // Locked in id order, as every batch locks them, so two batches never deadlock.
+    let rows = txn
+        .query_all_raw(sea_orm::Statement::from_sql_and_values(
+            backend,
+            "SELECT d.id, s.document, s.version FROM devices d \
+             LEFT JOIN shadows s ON s.device_id = d.id \
+             WHERE d.id IN (SELECT json_array_elements_text($1::json)) \
+             ORDER BY d.id FOR UPDATE OF d",
+            vec![serde_json::to_string(&ids).expect("ids serialise").into()],
+        ))
+        .await?;
+    // Each registered device's current shadow (none yet: `None`), and whether it changed.
+    let mut shadows: std::collections::HashMap<String, (Option<Shadow>, bool)> =
+        std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let id: String = row.try_get_by_index(0)?;
+        let document: Option<String> = row.try_get_by_index(1)?;
+        let version: Option<i64> = row.try_get_by_index(2)?;
+        let current = match (document, version) {
+            (Some(document), Some(version)) => Some(decode_document(&id, &document, version)?),
+            _ => None,
+        };
+        shadows.insert(id, (current, false));
+    }
+    let now = unix_now();
+    let mut answers = Vec::with_capacity(run.len());
+    let mut reports = Vec::new();
+    for ((thing, _), parsed) in run.iter().zip(parsed) {
+        let (request, token) = match parsed {
+            Ok(p) => p,
+            Err(out) => {
+                answers.push(out);
+                continue;
+            }
+        };
+        let Some((current, changed)) = shadows.get_mut(thing.as_str()) else {
+            let r = Rejection {
+                code: 404,
+                message: format!("{thing} is not a registered device"),
+            };
+            answers.push(rejected(ShadowOp::Update, &r, token.as_deref()));
+            continue;
+        };
+        match document::update(current.as_ref(), &request, now) {
+            Ok(updated) => {
+                *current = Some(updated.shadow.clone());
+                *changed = true;
+                reports.push((*thing, updated.shadow.clone(), request));
+                answers.push(update_answers(updated));
+            }
+            Err(r) => answers.push(rejected(ShadowOp::Update, &r, token.as_deref())),
+        }
+    }
+    let at = crate::db::now();
+    let written: Vec<Value> = shadows
+        .iter()
+        .filter(|(_, (_, changed))| *changed)
+        .filter_map(|(id, (shadow, _))| {
+            let shadow = shadow.as_ref()?;
+            Some(serde_json::json!({
+                "device_id": id,
+                "document": serde_json::to_string(shadow).expect("a shadow serialises"),
+                "version": i64::try_from(shadow.version).unwrap_or(i64::MAX),
+                "updated_at": at,
+            }))
+        })
+        .collect();
+    if !written.is_empty() {
+        txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+            backend,
+            "INSERT INTO shadows (device_id, document, version, updated_at) \
+             SELECT device_id, document, version, updated_at FROM json_to_recordset($1::json) \
+               AS x(device_id text, document text, version bigint, updated_at timestamptz) \
+             ON CONFLICT (device_id) DO UPDATE SET document = EXCLUDED.document, \
+               version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
+            vec![
+                serde_json::to_string(&written)
+                    .expect("rows serialise")
+                    .into(),
+            ],
+        ))
+        .await?;
+    }
+    for (thing, shadow, request) in &reports {
+        follow_report(txn, thing, shadow, request).await?;
+    }
+    Ok(answers)
+}
+
 fn no_shadow(thing: &DeviceId) -> Rejection {
     Rejection {
         code: 404,
@@ -160,13 +293,14 @@ pub async fn load(db: &impl ConnectionTrait, thing: &DeviceId) -> Result<Option<
 }
 
 fn decode(row: &shadows::Model) -> Result<Shadow, DbErr> {
-    let mut shadow: Shadow = serde_json::from_str(&row.document).map_err(|e| {
-        DbErr::Custom(format!(
-            "stored shadow of {} is corrupt: {e}",
-            row.device_id
-        ))
-    })?;
-    shadow.version = u64::try_from(row.version).unwrap_or(0);
+    decode_document(&row.device_id, &row.document, row.version)
+}
+
+/// A stored shadow document of `device` at `version`.
+fn decode_document(device: &str, document: &str, version: i64) -> Result<Shadow, DbErr> {
+    let mut shadow: Shadow = serde_json::from_str(document)
+        .map_err(|e| DbErr::Custom(format!("stored shadow of {device} is corrupt: {e}")))?;
+    shadow.version = u64::try_from(version).unwrap_or(0);
     Ok(shadow)
 }
 
@@ -226,8 +360,31 @@ pub async fn apply_in(
             .exec_without_returning(txn)
             .await?;
     }
-    let firmware = updated
-        .shadow
+    follow_report(txn, thing, &updated.shadow, request).await?;
+    if let Some(actor) = actor {
+        audit::append(
+            txn,
+            actor,
+            audit::Event {
+                action: "shadow.update",
+                subject: format!("device:{thing}"),
+                details: request.get("state").cloned().unwrap_or_default(),
+            },
+        )
+        .await?;
+    }
+    Ok(Ok(updated))
+}
+
+/// What an applied update reports beyond the shadow: the firmware the device runs (kept in
+/// the registry) and an execution's progress (`reported.ota`, a job transition).
+async fn follow_report(
+    txn: &impl ConnectionTrait,
+    thing: &DeviceId,
+    shadow: &Shadow,
+    request: &Value,
+) -> Result<(), DbErr> {
+    let firmware = shadow
         .reported
         .as_ref()
         .and_then(|r| r.get("firmware"))
@@ -259,17 +416,5 @@ pub async fn apply_in(
             }
         }
     }
-    if let Some(actor) = actor {
-        audit::append(
-            txn,
-            actor,
-            audit::Event {
-                action: "shadow.update",
-                subject: format!("device:{thing}"),
-                details: request.get("state").cloned().unwrap_or_default(),
-            },
-        )
-        .await?;
-    }
-    Ok(Ok(updated))
+    Ok(())
 }

@@ -312,6 +312,96 @@ async fn a_burst_of_updates_from_many_devices_is_applied_completely() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(total, (DEVICES * UPDATES) as i64, "every update applied");
+    for i in 0..DEVICES {
+        let (status, shadow) = app
+            .call(Method::GET, &format!("/v1/devices/burst-{i}/shadow"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{shadow}");
+        assert_eq!(shadow["version"], UPDATES, "{shadow}");
+        assert_eq!(
+            shadow["state"]["reported"]["seq"],
+            UPDATES - 1,
+            "applied in the order sent: {shadow}"
+        );
+    }
+}
+
+/// Requests sent back to back land in one batch of the bridge, where runs of updates go
+/// through set-based statements: each is still answered in order, as if handled alone.
+#[tokio::test]
+async fn requests_sent_back_to_back_are_answered_in_order() {
+    let (app, mut device) = app_with_device("quick").await;
+    let sent = [
+        (
+            "update",
+            json!({"state": {"reported": {"seq": 1}}, "clientToken": "a"}),
+        ),
+        (
+            "update",
+            json!({"state": {"reported": {"seq": 9}}, "version": 7, "clientToken": "b"}),
+        ),
+        (
+            "update",
+            json!({"state": {"reported": {"seq": 2}}, "clientToken": "c"}),
+        ),
+        ("get", json!({"clientToken": "d"})),
+        (
+            "update",
+            json!({"state": {"desired": {"led": "on"}}, "clientToken": "e"}),
+        ),
+        (
+            "update",
+            json!({"state": {"reported": {"led": "on"}}, "version": 3, "clientToken": "f"}),
+        ),
+        ("delete", json!({"clientToken": "g"})),
+        (
+            "update",
+            json!({"state": {"reported": {"seq": 3}}, "clientToken": "h"}),
+        ),
+    ];
+    for (op, payload) in &sent {
+        device
+            .0
+            .send(&format!("shadow/{op}"), payload.clone())
+            .await;
+    }
+    let mut answers = Vec::new();
+    while answers.len() < sent.len() {
+        let (topic, doc) = device.next().await;
+        if topic.ends_with("/accepted") || topic.ends_with("/rejected") {
+            answers.push((topic, doc));
+        }
+    }
+    let got: Vec<(&str, &str)> = answers
+        .iter()
+        .map(|(t, d)| (t.as_str(), d["clientToken"].as_str().unwrap_or("?")))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("update/accepted", "a"),
+            ("update/rejected", "b"),
+            ("update/accepted", "c"),
+            ("get/accepted", "d"),
+            ("update/accepted", "e"),
+            ("update/accepted", "f"),
+            ("delete/accepted", "g"),
+            ("update/accepted", "h"),
+        ]
+    );
+    assert_eq!(answers[1].1["code"], 409, "{}", answers[1].1);
+    assert_eq!(answers[2].1["version"], 2, "{}", answers[2].1);
+    assert_eq!(
+        answers[3].1["state"]["reported"]["seq"], 2,
+        "{}",
+        answers[3].1
+    );
+    assert_eq!(answers[5].1["version"], 4, "{}", answers[5].1);
+    let (status, shadow) = app
+        .call(Method::GET, "/v1/devices/quick/shadow", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{shadow}");
+    assert_eq!(shadow["state"]["reported"], json!({"seq": 3}), "{shadow}");
 }
 
 /// Shadow updates applied so far: the sum of the shadows' versions.
