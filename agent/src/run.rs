@@ -686,6 +686,8 @@ fn connect(
     // Connecting includes the TLS handshake the tunnel makes (up to 10 s for TCP and 15 s for
     // TLS): rumqttc's default of 5 s would give up on a slow link before it could succeed.
     events.network_options.set_connection_timeout(30);
+    // Reports go out as they are written, not after the broker's delayed ACK.
+    events.network_options.set_tcp_nodelay(true);
     let (tx, rx) = mpsc::unbounded_channel();
     let mut filters = vec![
         topics.notify_next(thing),

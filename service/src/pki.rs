@@ -276,8 +276,9 @@ impl Ca {
 /// default of 20 in flight caps each batch at 20); and a burst from the fleet must queue for
 /// the service, not be dropped (the default queue of 1000 messages per client drops the rest).
 pub const BROKER_LIMITS: &str = "\
-# A batch of device messages in flight to the service, and bursts queued, never dropped.
-max_inflight_messages 256
+# Four batches of device messages in flight to the service (one handled while the next
+# arrive), and bursts queued, never dropped.
+max_inflight_messages 1024
 max_queued_messages 1000000
 ";
 

@@ -79,6 +79,9 @@ impl Bridge {
             options.set_credentials(parsed.username(), parsed.password().unwrap_or(""));
         }
         let (client, mut events) = AsyncClient::new(options, 256);
+        // Answers go out as soon as they are written: with Nagle's algorithm on (rumqttc's
+        // default) a burst of them waited on the broker's delayed ACKs, ~40 ms a batch.
+        events.network_options.set_tcp_nodelay(true);
         // The event loop never waits for the handler: it must keep polling so that the
         // handler's answers and acknowledgements go out (with a bounded queue, a full queue
         // stalled both for good). The queue holds what the broker sent and the handler has
