@@ -153,6 +153,10 @@ pub async fn fetch(
             }
         }
         readback.report(&mut progress, &mut synced);
+        if readback.stopped() {
+            // Its error comes out of `finish` below.
+            break Err(Stop::Io(std::io::Error::other("the slot's read-back stopped")));
+        }
     };
     file.flush().await?;
     // Whatever ended the attempt, what was written becomes durable and counted.
@@ -228,6 +232,11 @@ impl Readback {
             progress.durable = durable;
             synced(*progress);
         }
+    }
+
+    /// Whether the thread ended before it was told to: a sync or a read failed.
+    fn stopped(&self) -> bool {
+        self.thread.is_finished()
     }
 
     /// Syncs up to `last` (when given), waits for every sync asked for, reports them and

@@ -415,12 +415,15 @@ impl Engine {
             allowance = tokens.floor().max(0.0) as u64;
         }
         let today = Timestamp::from_unix(u64::try_from(now.timestamp()).unwrap_or(0));
-        let postgres = txn.get_database_backend() == DatabaseBackend::Postgres;
+        // The set-based statements restate the per-device rules; the release's expiry, the
+        // same for every device, is left to the Rust rules (which refuse every device).
+        let set_based = txn.get_database_backend() == DatabaseBackend::Postgres
+            && today < manifest.expires_at;
         while allowance > 0 {
-            let limit = Ord::min(allowance, if postgres { fanout::BATCH } else { BATCH });
+            let limit = Ord::min(allowance, if set_based { fanout::BATCH } else { BATCH });
             // On PostgreSQL one statement queues every device the rules surely admit and
             // hands back the rest; elsewhere every pending device is judged here.
-            let (picked, mut queued, rest) = if postgres {
+            let (picked, mut queued, rest) = if set_based {
                 let batch = fanout::queue_batch(
                     txn,
                     &row.id,

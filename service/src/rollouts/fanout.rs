@@ -161,7 +161,7 @@ pub struct Batch {
 
 /// Picks up to `limit` pending targets of `rollout` in waves up to `current` (in wave,
 /// bucket, id order) and queues, in the same statement, every one the install rules surely
-/// admit: its execution of `job` and first history row are written and its target marked
+/// admit (the caller has checked that the manifest has not expired at `now`): its execution of `job` and first history row are written and its target marked
 /// queued at `now`. The rest stay pending and come back undecided.
 #[allow(clippy::too_many_arguments)]
 pub async fn queue_batch(
@@ -189,10 +189,11 @@ pub async fn queue_batch(
         status::QUEUED.into(),
         version.clone().into(),
     ];
-    // Newer: no firmware reported, or a sortable key below the release's. A key equal in
-    // its numbers and both pre-releases compare as text, which is not semver's order.
+    // Newer: no firmware reported, or a sortable key below the release's (compared byte by
+    // byte, whatever the database's collation). A key equal in its numbers and both
+    // pre-releases compare as text, which is not semver's order.
     let mut sure = vec![
-        "(d.firmware_version IS NULL OR d.firmware_key < $10)".to_owned(),
+        "(d.firmware_version IS NULL OR d.firmware_key COLLATE \"C\" < $10)".to_owned(),
         ambiguous_with(&manifest.version, &mut values),
     ];
     if let Some(min) = &manifest.min_version {
@@ -201,7 +202,7 @@ pub async fn queue_batch(
         values.push(min.to_string().into());
         let text = format!("${}", values.len());
         sure.push(format!(
-            "(d.firmware_key > {key} OR d.firmware_version = {text})"
+            "(d.firmware_key COLLATE \"C\" > {key} OR d.firmware_version = {text})"
         ));
         sure.push(ambiguous_with(min, &mut values));
     }

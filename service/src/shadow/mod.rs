@@ -157,8 +157,8 @@ fn update_answers(updated: document::Updated) -> Vec<Outgoing> {
 
 /// Handles a run of update requests devices sent (in arrival order) inside the caller's
 /// transaction, as [`handle`] would one by one, with set-based statements on PostgreSQL:
-/// one locks every device of the run and reads its shadow, one writes every changed shadow
-/// back. What follows from a report (the registry's firmware version, an execution's
+/// one locks every device of the run, one reads their shadows, one writes every changed
+/// shadow back. What follows from a report (the registry's firmware version, an execution's
 /// transition) is then applied request by request, in order. Answers come back in the
 /// requests' order.
 pub async fn update_run(
@@ -185,29 +185,41 @@ pub async fn update_run(
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    // Locked in id order, as every batch locks them, so two batches never deadlock.
-    let rows = txn
+    // The run's devices are locked in id order (a batch's other requests lock theirs in
+    // arrival order, so two batches can still deadlock; PostgreSQL then aborts one, which
+    // is retried). Their shadows are read only once the locks are held: read in the same
+    // statement, they would come from the snapshot taken before waiting for a lock, and a
+    // concurrent update would be overwritten.
+    let ids = serde_json::to_string(&ids).expect("ids serialise");
+    let registered = txn
         .query_all_raw(sea_orm::Statement::from_sql_and_values(
             backend,
-            "SELECT d.id, s.document, s.version FROM devices d \
-             LEFT JOIN shadows s ON s.device_id = d.id \
-             WHERE d.id IN (SELECT json_array_elements_text($1::json)) \
-             ORDER BY d.id FOR UPDATE OF d",
-            vec![serde_json::to_string(&ids).expect("ids serialise").into()],
+            "SELECT id FROM devices WHERE id IN (SELECT json_array_elements_text($1::json)) \
+             ORDER BY id FOR UPDATE",
+            vec![ids.clone().into()],
         ))
         .await?;
     // Each registered device's current shadow (none yet: `None`), and whether it changed.
     let mut shadows: std::collections::HashMap<String, (Option<Shadow>, bool)> =
-        std::collections::HashMap::with_capacity(rows.len());
-    for row in rows {
+        std::collections::HashMap::with_capacity(registered.len());
+    for row in registered {
+        shadows.insert(row.try_get_by_index(0)?, (None, false));
+    }
+    let stored = txn
+        .query_all_raw(sea_orm::Statement::from_sql_and_values(
+            backend,
+            "SELECT device_id, document, version FROM shadows \
+             WHERE device_id IN (SELECT json_array_elements_text($1::json))",
+            vec![ids.into()],
+        ))
+        .await?;
+    for row in stored {
         let id: String = row.try_get_by_index(0)?;
-        let document: Option<String> = row.try_get_by_index(1)?;
-        let version: Option<i64> = row.try_get_by_index(2)?;
-        let current = match (document, version) {
-            (Some(document), Some(version)) => Some(decode_document(&id, &document, version)?),
-            _ => None,
-        };
-        shadows.insert(id, (current, false));
+        let document: String = row.try_get_by_index(1)?;
+        let version: i64 = row.try_get_by_index(2)?;
+        if let Some((current, _)) = shadows.get_mut(&id) {
+            *current = Some(decode_document(&id, &document, version)?);
+        }
     }
     let now = unix_now();
     let mut answers = Vec::with_capacity(run.len());

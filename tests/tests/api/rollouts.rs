@@ -1380,6 +1380,52 @@ async fn fanout_agrees_with_the_rust_rules(backend: Backend) {
     assert_eq!(wave["queued"], count("queued"), "{status}");
     assert_eq!(wave["planned"], first.len() as i64, "{status}");
     assert!(count("queued") > 0 && count("incompatible") > 0, "{status}");
+
+    // A rollout that starts after its release expired queues nobody, on either path.
+    let (status, late) = app
+        .call(
+            Method::POST,
+            "/v1/rollouts",
+            Some(json!({
+                "release": release["id"],
+                "target": {"group": "fleet"},
+                "waves": [{"size": {"percent": 100}}],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{late}");
+    let late = late["id"].as_str().unwrap().to_owned();
+    let executions_before = job_executions::Entity::find().all(&app.db).await.unwrap().len();
+    let after_expiry = Utc::now() + chrono::Duration::days(8);
+    app.engine.tick(after_expiry).await.unwrap();
+    let expired = rules::check_manifest(
+        &m,
+        rules::Device {
+            hardware: "rpi4",
+            installed: None,
+            security_floor: None,
+        },
+        rules::Request {
+            now: Timestamp::from_unix(after_expiry.timestamp() as u64),
+            force: false,
+        },
+    )
+    .unwrap_err();
+    let late_targets = rollout_targets::Entity::find()
+        .filter(rollout_targets::Column::RolloutId.eq(&late))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert!(!late_targets.is_empty());
+    for t in &late_targets {
+        assert_eq!(t.status, "incompatible", "{}", t.device_id);
+        assert_eq!(t.reason.as_deref(), Some(expired.code()), "{}", t.device_id);
+    }
+    assert_eq!(
+        job_executions::Entity::find().all(&app.db).await.unwrap().len(),
+        executions_before,
+        "nothing queued for an expired release"
+    );
 }
 
 #[tokio::test]
