@@ -155,7 +155,9 @@ pub async fn fetch(
         readback.report(&mut progress, &mut synced);
         if readback.stopped() {
             // Its error comes out of `finish` below.
-            break Err(Stop::Io(std::io::Error::other("the slot's read-back stopped")));
+            break Err(Stop::Io(std::io::Error::other(
+                "the slot's read-back stopped",
+            )));
         }
     };
     file.flush().await?;

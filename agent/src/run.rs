@@ -346,7 +346,8 @@ impl Agent {
             if let Some(work) = &mut self.state.work {
                 work.fetched += fetched;
             }
-            for p in &durable {
+            // Only the furthest durable point matters: one save, not one per synced chunk.
+            if let Some(p) = durable.last() {
                 let (phase, actions) =
                     machine::step(self.state.phase.clone(), Event::Progress(p.durable));
                 self.state.phase = phase;

@@ -417,8 +417,8 @@ impl Engine {
         let today = Timestamp::from_unix(u64::try_from(now.timestamp()).unwrap_or(0));
         // The set-based statements restate the per-device rules; the release's expiry, the
         // same for every device, is left to the Rust rules (which refuse every device).
-        let set_based = txn.get_database_backend() == DatabaseBackend::Postgres
-            && today < manifest.expires_at;
+        let set_based =
+            txn.get_database_backend() == DatabaseBackend::Postgres && today < manifest.expires_at;
         while allowance > 0 {
             let limit = Ord::min(allowance, if set_based { fanout::BATCH } else { BATCH });
             // On PostgreSQL one statement queues every device the rules surely admit and

@@ -1,6 +1,7 @@
 //! Benchmark P3: the agent's download pipeline (the release checks, the presigned download
-//! streamed into the slot file and synced every MiB, then the slot read back for its size and
-//! sha256: `fleetwave-agent verify IMAGE --url URL`, the same code a job runs) against
+//! streamed into the slot file, synced every 4 MiB and each synced chunk read back from the
+//! slot and hashed on a thread of its own, then size and sha256 checked:
+//! `fleetwave-agent verify IMAGE --url URL`, the same code a job runs) against
 //! `curl -s URL | tee FILE | sha256sum` fetching the same object from the same S3 server,
 //! measured in the same run. Each is run twice, alternating; the faster run of each counts.
 //! The agent's peak resident memory is sampled from /proc every 5 ms.

@@ -1395,7 +1395,11 @@ async fn fanout_agrees_with_the_rust_rules(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{late}");
     let late = late["id"].as_str().unwrap().to_owned();
-    let executions_before = job_executions::Entity::find().all(&app.db).await.unwrap().len();
+    let executions_before = job_executions::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap()
+        .len();
     let after_expiry = Utc::now() + chrono::Duration::days(8);
     app.engine.tick(after_expiry).await.unwrap();
     let expired = rules::check_manifest(
@@ -1422,7 +1426,11 @@ async fn fanout_agrees_with_the_rust_rules(backend: Backend) {
         assert_eq!(t.reason.as_deref(), Some(expired.code()), "{}", t.device_id);
     }
     assert_eq!(
-        job_executions::Entity::find().all(&app.db).await.unwrap().len(),
+        job_executions::Entity::find()
+            .all(&app.db)
+            .await
+            .unwrap()
+            .len(),
         executions_before,
         "nothing queued for an expired release"
     );
