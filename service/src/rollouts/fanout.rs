@@ -58,6 +58,20 @@ fn bucketed(target: &Statement, rollout: &str) -> (String, Vec<Value>) {
     (sql, values)
 }
 
+/// Runs one statement on PostgreSQL.
+async fn query(
+    txn: &impl ConnectionTrait,
+    sql: String,
+    values: Vec<Value>,
+) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
+    txn.query_all_raw(Statement::from_sql_and_values(
+        DatabaseBackend::Postgres,
+        sql,
+        values,
+    ))
+    .await
+}
+
 /// Counts the target's devices per bucket, in the database.
 pub async fn histogram(
     txn: &impl ConnectionTrait,
@@ -65,13 +79,12 @@ pub async fn histogram(
     rollout: &str,
 ) -> Result<Histogram, DbErr> {
     let (inner, values) = bucketed(target, rollout);
-    let rows = txn
-        .query_all_raw(Statement::from_sql_and_values(
-            DatabaseBackend::Postgres,
-            format!("SELECT b, count(*) FROM ({inner}) AS target GROUP BY b"),
-            values,
-        ))
-        .await?;
+    let rows = query(
+        txn,
+        format!("SELECT b, count(*) FROM ({inner}) AS target GROUP BY b"),
+        values,
+    )
+    .await?;
     let mut histogram = Histogram::default();
     for row in rows {
         let b: i32 = row.try_get_by_index(0)?;
@@ -120,13 +133,7 @@ pub async fn write_targets(
            RETURNING wave, status) \
          SELECT wave, count(*) FROM written WHERE status = {pending} GROUP BY wave"
     );
-    let rows = txn
-        .query_all_raw(Statement::from_sql_and_values(
-            DatabaseBackend::Postgres,
-            sql,
-            values,
-        ))
-        .await?;
+    let rows = query(txn, sql, values).await?;
     let mut planned = vec![0i64; cuts.len()];
     for row in rows {
         let w: i32 = row.try_get_by_index(0)?;
@@ -233,13 +240,7 @@ pub async fn queue_batch(
          SELECT device_id, wave, bucket, ok FROM judged",
         sure = sure.join(" AND "),
     );
-    let rows = txn
-        .query_all_raw(Statement::from_sql_and_values(
-            DatabaseBackend::Postgres,
-            sql,
-            values,
-        ))
-        .await?;
+    let rows = query(txn, sql, values).await?;
     let mut batch = Batch {
         picked: rows.len(),
         queued: Vec::with_capacity(rows.len()),

@@ -76,6 +76,20 @@ async fn register(app: &TestApp, ids: &[String], site: &str) {
     }
 }
 
+/// Creates the static group `name` with `ids` as members.
+async fn static_group(app: &TestApp, name: &str, ids: &[String]) {
+    app.call(Method::POST, "/v1/groups", Some(json!({"name": name})))
+        .await;
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/v1/groups/{name}/members"),
+            Some(json!({"devices": ids})),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+}
+
 async fn rig(
     n: usize,
     targeting: Targeting,
@@ -96,18 +110,7 @@ async fn rig(
     let ids: Vec<String> = (0..n).map(id).collect();
     register(&app, &ids, "berlin").await;
     match targeting {
-        Targeting::StaticGroup => {
-            app.call(Method::POST, "/v1/groups", Some(json!({"name": "fleet"})))
-                .await;
-            let (status, body) = app
-                .call(
-                    Method::POST,
-                    "/v1/groups/fleet/members",
-                    Some(json!({"devices": ids})),
-                )
-                .await;
-            assert!(status.is_success(), "{body}");
-        }
+        Targeting::StaticGroup => static_group(&app, "fleet", &ids).await,
         Targeting::DynamicGroup => {
             let (status, body) = app
                 .call(
@@ -1216,6 +1219,20 @@ async fn schedule_approval_pause_resume_and_cancel() {
     }
 }
 
+/// Creates a rollout of `release` (as the API returned it) to the group `fleet` in `waves`;
+/// returns its id.
+async fn fleet_rollout(app: &TestApp, release: &Value, waves: Value) -> String {
+    let (status, rollout) = app
+        .call(
+            Method::POST,
+            "/v1/rollouts",
+            Some(json!({"release": release["id"], "target": {"group": "fleet"}, "waves": waves})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    rollout["id"].as_str().unwrap().to_owned()
+}
+
 /// The engine queues on PostgreSQL with set-based statements that restate the bucket and
 /// the install rules in SQL, and on SQLite device by device in Rust: both must agree with
 /// the Rust originals for every device, pre-releases and build metadata included.
@@ -1271,30 +1288,14 @@ async fn fanout_agrees_with_the_rust_rules(backend: Backend) {
             }
         }
     }
-    let ids: Vec<&String> = devices.iter().map(|(id, _, _)| id).collect();
-    app.call(Method::POST, "/v1/groups", Some(json!({"name": "fleet"})))
-        .await;
-    let (status, body) = app
-        .call(
-            Method::POST,
-            "/v1/groups/fleet/members",
-            Some(json!({"devices": ids})),
-        )
-        .await;
-    assert!(status.is_success(), "{body}");
-    let (status, rollout) = app
-        .call(
-            Method::POST,
-            "/v1/rollouts",
-            Some(json!({
-                "release": release["id"],
-                "target": {"group": "fleet"},
-                "waves": [{"size": {"percent": 40}}, {"size": {"percent": 100}}],
-            })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{rollout}");
-    let rollout = rollout["id"].as_str().unwrap().to_owned();
+    let ids: Vec<String> = devices.iter().map(|(id, _, _)| id.clone()).collect();
+    static_group(&app, "fleet", &ids).await;
+    let rollout = fleet_rollout(
+        &app,
+        &release,
+        json!([{"size": {"percent": 40}}, {"size": {"percent": 100}}]),
+    )
+    .await;
     app.engine.tick(Utc::now()).await.unwrap();
 
     let targets: BTreeMap<String, rollout_targets::Model> = rollout_targets::Entity::find()
@@ -1382,19 +1383,7 @@ async fn fanout_agrees_with_the_rust_rules(backend: Backend) {
     assert!(count("queued") > 0 && count("incompatible") > 0, "{status}");
 
     // A rollout that starts after its release expired queues nobody, on either path.
-    let (status, late) = app
-        .call(
-            Method::POST,
-            "/v1/rollouts",
-            Some(json!({
-                "release": release["id"],
-                "target": {"group": "fleet"},
-                "waves": [{"size": {"percent": 100}}],
-            })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{late}");
-    let late = late["id"].as_str().unwrap().to_owned();
+    let late = fleet_rollout(&app, &release, json!([{"size": {"percent": 100}}])).await;
     let executions_before = job_executions::Entity::find()
         .all(&app.db)
         .await
