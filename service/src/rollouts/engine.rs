@@ -39,6 +39,17 @@ use crate::registry::entities::{
 };
 use crate::storage::Storage;
 
+/// Steps run again in one tick after PostgreSQL aborted them for a conflict.
+const MAX_CONFLICTS: u32 = 3;
+
+/// Whether a step failed because PostgreSQL aborted it for a deadlock or a serialization
+/// failure.
+fn is_conflict(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|cause| cause.downcast_ref::<DbErr>())
+        .any(crate::registry::is_transient_conflict)
+}
+
 /// Rows written per statement in bulk inserts.
 const CHUNK: usize = 1000;
 /// Devices looked at per query when queueing, timing out or retrying.
@@ -98,13 +109,23 @@ impl Engine {
         }
     }
 
-    /// Steps every rollout due at `now` once; returns how many it stepped.
+    /// Steps every rollout due at `now` once; returns how many it stepped. A step that
+    /// PostgreSQL aborted for a deadlock (with device reports taking the same rows) rolled
+    /// back whole and runs again at once, a few times at most.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<usize> {
         let mut stepped = 0;
-        while self.step_one(now).await? {
-            stepped += 1;
+        let mut conflicts = 0;
+        loop {
+            match self.step_one(now).await {
+                Ok(true) => stepped += 1,
+                Ok(false) => return Ok(stepped),
+                Err(e) if conflicts < MAX_CONFLICTS && is_conflict(&e) => {
+                    conflicts += 1;
+                    tracing::info!(error.message = %format!("{e:#}"), "rollout step aborted by a conflict; running it again");
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(stepped)
     }
 
     /// Steps one due rollout that no other replica holds; false when there is none.

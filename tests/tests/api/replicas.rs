@@ -1,5 +1,6 @@
 //! Two replicas starting at once on a fresh PostgreSQL database: migrations apply once and
-//! exactly one of them creates the bootstrap admin token.
+//! exactly one of them creates the bootstrap admin token. And what replicas sharing a
+//! database must tell apart: a deadlock PostgreSQL broke (run again) from a real error.
 
 use fleetwave::config::Settings;
 use fleetwave::registry::entities::api_tokens;
@@ -49,4 +50,57 @@ async fn two_replicas_start_together_on_an_empty_database() {
         all as i64,
         "each migration once"
     );
+}
+
+/// Two transactions locking two devices in opposite orders: PostgreSQL aborts one with a
+/// deadlock, which the service recognises as a conflict to run again (the rollout engine
+/// does); a unique violation is not one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_is_told_apart_from_a_real_error() {
+    use fleetwave::registry::{is_transient_conflict, is_unique_violation};
+    use fleetwave_tests::harness::app::{Backend, TestApp};
+    use sea_orm::TransactionTrait;
+    let app = TestApp::spawn(Backend::Postgres).await.unwrap();
+    for id in ["lock-a", "lock-b"] {
+        let (status, body) = app
+            .call(
+                reqwest::Method::POST,
+                "/v1/devices",
+                Some(serde_json::json!({"id": id, "hardware": "rpi4"})),
+            )
+            .await;
+        assert!(status.is_success(), "{body}");
+    }
+    let lock = |id: &str| {
+        Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            format!("SELECT id FROM devices WHERE id = '{id}' FOR UPDATE"),
+        )
+    };
+    let first = app.db.begin().await.unwrap();
+    let second = app.db.begin().await.unwrap();
+    first.query_all_raw(lock("lock-a")).await.unwrap();
+    second.query_all_raw(lock("lock-b")).await.unwrap();
+    let (a, b) = tokio::join!(
+        first.query_all_raw(lock("lock-b")),
+        second.query_all_raw(lock("lock-a"))
+    );
+    let errors: Vec<_> = [a.err(), b.err()].into_iter().flatten().collect();
+    assert_eq!(errors.len(), 1, "PostgreSQL aborts exactly one: {errors:?}");
+    assert!(is_transient_conflict(&errors[0]), "{:?}", errors[0]);
+    assert!(!is_unique_violation(&errors[0]));
+    drop((first, second));
+
+    let duplicate = app
+        .db
+        .execute_raw(Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "INSERT INTO devices (id, hardware, attributes, created_at, updated_at) \
+             SELECT id, hardware, attributes, created_at, updated_at FROM devices \
+             WHERE id = 'lock-a'",
+        ))
+        .await
+        .unwrap_err();
+    assert!(is_unique_violation(&duplicate), "{duplicate:?}");
+    assert!(!is_transient_conflict(&duplicate));
 }
