@@ -72,8 +72,9 @@ enum Command {
         #[arg(long)]
         force: bool,
         /// Fetch IMAGE from this (presigned) URL first, exactly as a job downloads: after
-        /// the release checks, streamed into the file, synced every MiB, resumed after a
-        /// break; then the bytes are read back and checked.
+        /// the release checks, streamed into the file, synced every 4 MiB and read back as
+        /// it lands, resumed after a break; then size and sha256 of what was read back are
+        /// checked.
         #[arg(long)]
         url: Option<String>,
     },

@@ -92,16 +92,49 @@ pub async fn insert_json_rows(
     columns: &[(&str, &str)],
     rows: &[impl serde::Serialize],
 ) -> Result<(), sea_orm::DbErr> {
+    write_json_rows(txn, table, columns, None, rows).await
+}
+
+/// [`insert_json_rows`], a row whose `key` column matches an existing row replacing that
+/// row's other columns (`ON CONFLICT (key) DO UPDATE`).
+pub async fn upsert_json_rows(
+    txn: &impl sea_orm::ConnectionTrait,
+    table: &str,
+    columns: &[(&str, &str)],
+    key: &str,
+    rows: &[impl serde::Serialize],
+) -> Result<(), sea_orm::DbErr> {
+    write_json_rows(txn, table, columns, Some(key), rows).await
+}
+
+async fn write_json_rows(
+    txn: &impl sea_orm::ConnectionTrait,
+    table: &str,
+    columns: &[(&str, &str)],
+    key: Option<&str>,
+    rows: &[impl serde::Serialize],
+) -> Result<(), sea_orm::DbErr> {
     if rows.is_empty() {
         return Ok(());
     }
     let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
     let typed: Vec<String> = columns.iter().map(|(n, t)| format!("{n} {t}")).collect();
-    let sql = format!(
+    let mut sql = format!(
         "INSERT INTO {table} ({cols}) SELECT {cols} FROM json_to_recordset($1::json) AS x({typed})",
         cols = names.join(", "),
         typed = typed.join(", ")
     );
+    if let Some(key) = key {
+        let set: Vec<String> = names
+            .iter()
+            .filter(|n| **n != key)
+            .map(|n| format!("{n} = EXCLUDED.{n}"))
+            .collect();
+        sql.push_str(&format!(
+            " ON CONFLICT ({key}) DO UPDATE SET {}",
+            set.join(", ")
+        ));
+    }
     let payload = serde_json::to_string(rows)
         .map_err(|e| sea_orm::DbErr::Custom(format!("rows for {table}: {e}")))?;
     txn.execute_raw(sea_orm::Statement::from_sql_and_values(

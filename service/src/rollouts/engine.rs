@@ -487,7 +487,7 @@ impl Engine {
             };
             let mut executions = Vec::new();
             let mut history = Vec::new();
-            let mut judged_ids = Vec::new();
+            let mut queued_here = Vec::new();
             let mut incompatible = Vec::new();
             for target in rest {
                 let verdict = match found.get(&target.device_id) {
@@ -550,13 +550,13 @@ impl Engine {
                             firmware_version: Set(device.firmware_version.clone()),
                             at: Set(now),
                         });
-                        judged_ids.push(target.device_id.clone());
+                        queued_here.push(target.device_id.clone());
                         queued.push(target);
                     }
                 }
             }
             insert_queued(txn, executions, history).await?;
-            mark_queued(txn, &row.id, &judged_ids).await?;
+            mark_queued(txn, &row.id, &queued_here).await?;
             mark_incompatible(txn, &row.id, &incompatible).await?;
             let mut per_wave: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
             for target in &queued {

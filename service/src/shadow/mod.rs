@@ -241,47 +241,52 @@ pub async fn update_run(
             continue;
         };
         match document::update(current.as_ref(), &request, now) {
-            Ok(updated) => {
-                *current = Some(updated.shadow.clone());
+            Ok(mut updated) => {
+                reports.push((*thing, reported_firmware(&updated.shadow), request));
+                *current = Some(std::mem::take(&mut updated.shadow));
                 *changed = true;
-                reports.push((*thing, updated.shadow.clone(), request));
                 answers.push(update_answers(updated));
             }
             Err(r) => answers.push(rejected(ShadowOp::Update, &r, token.as_deref())),
         }
     }
+    /// A shadow row as written back.
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        device_id: &'a str,
+        document: String,
+        version: i64,
+        updated_at: chrono::DateTime<chrono::Utc>,
+    }
     let at = crate::db::now();
-    let written: Vec<Value> = shadows
+    let written: Vec<Row<'_>> = shadows
         .iter()
         .filter(|(_, (_, changed))| *changed)
         .filter_map(|(id, (shadow, _))| {
             let shadow = shadow.as_ref()?;
-            Some(serde_json::json!({
-                "device_id": id,
-                "document": serde_json::to_string(shadow).expect("a shadow serialises"),
-                "version": i64::try_from(shadow.version).unwrap_or(i64::MAX),
-                "updated_at": at,
-            }))
+            Some(Row {
+                device_id: id,
+                document: serde_json::to_string(shadow).expect("a shadow serialises"),
+                version: i64::try_from(shadow.version).unwrap_or(i64::MAX),
+                updated_at: at,
+            })
         })
         .collect();
-    if !written.is_empty() {
-        txn.execute_raw(sea_orm::Statement::from_sql_and_values(
-            backend,
-            "INSERT INTO shadows (device_id, document, version, updated_at) \
-             SELECT device_id, document, version, updated_at FROM json_to_recordset($1::json) \
-               AS x(device_id text, document text, version bigint, updated_at timestamptz) \
-             ON CONFLICT (device_id) DO UPDATE SET document = EXCLUDED.document, \
-               version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
-            vec![
-                serde_json::to_string(&written)
-                    .expect("rows serialise")
-                    .into(),
-            ],
-        ))
-        .await?;
-    }
-    for (thing, shadow, request) in &reports {
-        follow_report(txn, thing, shadow, request).await?;
+    crate::db::upsert_json_rows(
+        txn,
+        "shadows",
+        &[
+            ("device_id", "text"),
+            ("document", "text"),
+            ("version", "bigint"),
+            ("updated_at", "timestamptz"),
+        ],
+        "device_id",
+        &written,
+    )
+    .await?;
+    for (thing, firmware, request) in reports {
+        follow_report(txn, thing, firmware, &request).await?;
     }
     Ok(answers)
 }
@@ -372,7 +377,7 @@ pub async fn apply_in(
             .exec_without_returning(txn)
             .await?;
     }
-    follow_report(txn, thing, &updated.shadow, request).await?;
+    follow_report(txn, thing, reported_firmware(&updated.shadow), request).await?;
     if let Some(actor) = actor {
         audit::append(
             txn,
@@ -388,19 +393,23 @@ pub async fn apply_in(
     Ok(Ok(updated))
 }
 
+/// The firmware a shadow reports running (`reported.firmware`), if any.
+fn reported_firmware(shadow: &Shadow) -> Option<FirmwareReport> {
+    shadow
+        .reported
+        .as_ref()
+        .and_then(|r| r.get("firmware"))
+        .and_then(|f| serde_json::from_value::<FirmwareReport>(f.clone()).ok())
+}
+
 /// What an applied update reports beyond the shadow: the firmware the device runs (kept in
 /// the registry) and an execution's progress (`reported.ota`, a job transition).
 async fn follow_report(
     txn: &impl ConnectionTrait,
     thing: &DeviceId,
-    shadow: &Shadow,
+    firmware: Option<FirmwareReport>,
     request: &Value,
 ) -> Result<(), DbErr> {
-    let firmware = shadow
-        .reported
-        .as_ref()
-        .and_then(|r| r.get("firmware"))
-        .and_then(|f| serde_json::from_value::<FirmwareReport>(f.clone()).ok());
     if let Some(firmware) = firmware {
         if let Err(e) =
             crate::registry::devices::record_firmware(txn, thing.as_str(), &firmware.version).await
