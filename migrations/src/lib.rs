@@ -21,6 +21,7 @@ mod m20261127_000005_create_audit_events;
 mod m20261127_000006_create_shadows;
 mod m20261127_000007_create_jobs;
 mod m20261127_000008_create_rollouts;
+mod m20261127_000009_lighter_fanout_writes;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000006_create_shadows::Migration),
             Box::new(m20261127_000007_create_jobs::Migration),
             Box::new(m20261127_000008_create_rollouts::Migration),
+            Box::new(m20261127_000009_lighter_fanout_writes::Migration),
         ]
     }
 }

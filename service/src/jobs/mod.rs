@@ -130,6 +130,7 @@ pub async fn create_for_device(
     device: &str,
 ) -> Result<Job, Error> {
     let txn = db.begin().await?;
+    crate::registry::devices::hold_devices(&txn).await?;
     if releases::Entity::find_by_id(release.to_owned())
         .one(&txn)
         .await?

@@ -24,6 +24,10 @@ use crate::storage::Storage;
 const SHARE_GROUP: &str = "fleetwave-service";
 /// Most messages handled in one database transaction.
 const BATCH: usize = 256;
+/// Committed batches whose answers may wait for the replier before the handler waits too.
+const REPLIES_AHEAD: usize = 2;
+/// A batch's answers, one per message (none for a message on an unknown topic).
+type Answers = Vec<Option<(DeviceId, Request, Answer)>>;
 /// Most messages waiting for the handler before QoS 0 ones are dropped. fleetwave's devices
 /// publish at QoS 1, which the broker's in-flight window bounds; nothing bounds QoS 0, so a
 /// device flooding at QoS 0 must not grow the service's memory without end.
@@ -165,6 +169,8 @@ impl Bridge {
 
     /// Handles device messages in batches: up to [`BATCH`] queued messages in one
     /// transaction, answered after it commits and acknowledged after their answers went out.
+    /// A replier task sends the answers and acknowledgements, batch after batch in commit
+    /// order, while the next batch is already in the database.
     async fn handle_all(
         self,
         db: DatabaseConnection,
@@ -172,19 +178,28 @@ impl Bridge {
         mut rx: mpsc::UnboundedReceiver<Publish>,
         waiting: Arc<AtomicUsize>,
     ) {
+        let (committed, mut to_send) = mpsc::channel::<(Answers, Vec<Publish>)>(REPLIES_AHEAD);
+        let replier = self.clone();
+        tokio::spawn(async move {
+            while let Some((answers, batch)) = to_send.recv().await {
+                for (thing, request, answer) in answers.into_iter().flatten() {
+                    replier.answer(&thing, &request, answer).await;
+                }
+                for publish in &batch {
+                    if let Err(e) = replier.client.ack(publish).await {
+                        tracing::warn!(error.message = %e, "acknowledging a device message");
+                    }
+                }
+            }
+        });
         let mut batch = Vec::with_capacity(BATCH);
         while rx.recv_many(&mut batch, BATCH).await > 0 {
             waiting.fetch_sub(batch.len(), Ordering::Relaxed);
             let answers = self.handle_batch(&db, &storage, &batch).await;
-            for (thing, request, answer) in answers.into_iter().flatten() {
-                self.answer(&thing, &request, answer).await;
+            let handled = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            if committed.send((answers, handled)).await.is_err() {
+                return;
             }
-            for publish in &batch {
-                if let Err(e) = self.client.ack(publish).await {
-                    tracing::warn!(error.message = %e, "acknowledging a device message");
-                }
-            }
-            batch.clear();
         }
     }
 
@@ -195,7 +210,7 @@ impl Bridge {
         db: &DatabaseConnection,
         storage: &Storage,
         batch: &[Publish],
-    ) -> Vec<Option<(DeviceId, Request, Answer)>> {
+    ) -> Answers {
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.try_batch(db, storage, batch).await {
@@ -214,7 +229,7 @@ impl Bridge {
         db: &DatabaseConnection,
         storage: &Storage,
         batch: &[Publish],
-    ) -> Result<Vec<Option<(DeviceId, Request, Answer)>>> {
+    ) -> Result<Answers> {
         let txn = db.begin().await?;
         let parsed: Vec<_> = batch
             .iter()

@@ -4,12 +4,12 @@ use chrono::{DateTime, Utc};
 use fleetwave_artifacts::{DeviceId, HardwareId};
 use sea_orm::sea_query::{Expr, IntoCondition};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseConnection,
+    DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 
-use super::entities::devices;
+use super::entities::{devices, job_executions};
 use super::{Error, is_unique_violation};
 use crate::audit::{self, Actor, Event};
 
@@ -332,9 +332,43 @@ pub async fn update(
     Ok(updated.into())
 }
 
-/// Removes a device (and its group memberships).
+/// The advisory lock that keeps devices and the executions written for them consistent
+/// on PostgreSQL, where `job_executions` has no foreign keys (see the migration that
+/// dropped them): taken shared by every transaction that writes executions, exclusively by
+/// a device's deletion. The key spells "fleetdev".
+const DEVICES_LOCK: i64 = 0x666c_6565_7464_6576;
+
+/// Keeps every device from being deleted until the transaction ends, so the executions it
+/// writes (for devices it saw registered) never outlive their device. Take it before
+/// reading the devices. A no-op on SQLite, whose foreign keys still cascade and whose
+/// writers take turns anyway.
+pub async fn hold_devices(txn: &impl ConnectionTrait) -> Result<(), DbErr> {
+    lock_devices(txn, "pg_advisory_xact_lock_shared").await
+}
+
+async fn lock_devices(txn: &impl ConnectionTrait, function: &str) -> Result<(), DbErr> {
+    if txn.get_database_backend() != DatabaseBackend::Postgres {
+        return Ok(());
+    }
+    txn.execute_raw(Statement::from_sql_and_values(
+        DatabaseBackend::Postgres,
+        format!("SELECT {function}($1)"),
+        [DEVICES_LOCK.into()],
+    ))
+    .await
+    .map(|_| ())
+}
+
+/// Removes a device, its executions and its group memberships. Its execution history
+/// stays: it is the audit trail of what the device ran.
 pub async fn delete(db: &DatabaseConnection, actor: &Actor, id: &str) -> Result<(), Error> {
     let txn = db.begin().await?;
+    // Waits for the transactions writing executions to end; none starts until this one does.
+    lock_devices(&txn, "pg_advisory_xact_lock").await?;
+    job_executions::Entity::delete_many()
+        .filter(job_executions::Column::DeviceId.eq(id))
+        .exec(&txn)
+        .await?;
     let result = devices::Entity::delete_by_id(id.to_owned())
         .exec(&txn)
         .await?;

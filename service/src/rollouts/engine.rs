@@ -65,6 +65,19 @@ pub(crate) mod status {
     pub const INCOMPATIBLE: &str = "incompatible";
     /// In the target but beyond the last wave's size.
     pub const OUTSIDE: &str = "outside";
+
+    /// The condition that a target has `status`, written out rather than bound: the
+    /// indexes of pending and of incompatible targets are partial, and a planner only uses
+    /// one for a condition it can see (PostgreSQL's generic plans and SQLite do not look
+    /// into bound values).
+    pub fn is(status: &'static str) -> sea_orm::sea_query::SimpleExpr {
+        sea_orm::sea_query::Expr::cust(is_sql(status))
+    }
+
+    /// [`is`] as SQL text.
+    pub fn is_sql(status: &'static str) -> String {
+        format!("status = '{status}'")
+    }
 }
 
 /// Advances rollouts.
@@ -187,6 +200,8 @@ impl Engine {
             }
             return Ok(());
         }
+        // This step may write executions: no device is deleted under them.
+        crate::registry::devices::hold_devices(txn).await?;
         let release = releases::Entity::find_by_id(row.release_id.clone())
             .one(txn)
             .await?
@@ -238,7 +253,24 @@ impl Engine {
             match decision {
                 Decision::Wait => break,
                 Decision::Start => {
-                    self.start(txn, row, &spec, now).await?;
+                    // A static group's first wave is announced by its notice alone: with
+                    // nothing to send device by device and nothing to ration, the
+                    // statement writing the targets queues that wave too.
+                    let job = row.job_id.clone();
+                    let queue_now = (static_group.is_some()
+                        && spec.rate_per_minute.is_none()
+                        && set_based(txn, manifest, now)
+                        && window_open(&spec, now)?)
+                    .then_some(fanout::QueueNow {
+                        job: &job,
+                        manifest,
+                        now,
+                    });
+                    let queued = self.start(txn, row, &spec, queue_now, now).await?;
+                    if queued > 0 {
+                        let to = Some(Counter::State(ExecutionState::Queued));
+                        ledger::shift(txn, &row.id, 0, None, to, queued).await?;
+                    }
                     self.queue(txn, row, &spec, manifest, now, out).await?;
                 }
                 Decision::ThresholdMet => {
@@ -312,30 +344,34 @@ impl Engine {
         Ok(())
     }
 
-    /// Snapshots the target: every device's bucket, cut into waves.
+    /// Snapshots the target: every device's bucket, cut into waves. On PostgreSQL, with
+    /// `queue_now`, the first wave's devices are queued as their targets are written;
+    /// returns how many were.
     async fn start(
         &self,
         txn: &DatabaseTransaction,
         row: &mut rollouts::Model,
         spec: &NewRollout,
+        queue_now: Option<fanout::QueueNow<'_>>,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<i64> {
         let sizes: Vec<_> = spec.waves.iter().map(|w| w.size).collect();
-        let (cuts, planned) = if txn.get_database_backend() == DatabaseBackend::Postgres {
-            // Two statements, no device row leaving the database: the buckets' histogram
-            // to cut the waves, then every target row.
+        let (cuts, planned, queued) = if txn.get_database_backend() == DatabaseBackend::Postgres {
+            // No device row leaving the database: each device hashed once into a snapshot,
+            // its buckets' histogram to cut the waves, then every target row.
             let target = target_query(txn, "", spec, false)
                 .await?
                 .build(DatabaseBackend::Postgres);
-            let histogram = fanout::histogram(txn, &target, &row.id).await?;
+            let histogram = fanout::snapshot(txn, &target, &row.id).await?;
             let cuts = plan::cut_waves(&histogram, &sizes);
-            let planned = fanout::write_targets(txn, &target, &row.id, &cuts).await?;
-            (cuts, planned)
+            let written = fanout::write_targets(txn, &row.id, &cuts, queue_now).await?;
+            (cuts, written.planned, written.queued)
         } else {
-            snapshot_in_pages(txn, spec, &row.id, &sizes).await?
+            let (cuts, planned) = snapshot_in_pages(txn, spec, &row.id, &sizes).await?;
+            (cuts, planned, 0)
         };
         let covered: i64 = planned.iter().sum();
-        if txn.get_database_backend() == DatabaseBackend::Postgres {
+        if txn.get_database_backend() == DatabaseBackend::Postgres && covered > queued {
             // The rows just written have no statistics yet: without them the planner scans
             // the whole target for every queueing batch instead of walking the pending index.
             txn.execute_unprepared("ANALYZE rollout_targets").await?;
@@ -367,7 +403,7 @@ impl Engine {
             },
         )
         .await?;
-        Ok(())
+        Ok(queued)
     }
 
     /// Devices that joined the target group since the start join the current wave.
@@ -422,11 +458,8 @@ impl Engine {
         if row.state != State::Running.as_str() {
             return Ok(());
         }
-        if let Some(window) = &spec.maintenance_window {
-            let schedule = plan::WindowSchedule::parse(window).map_err(anyhow::Error::msg)?;
-            if !schedule.is_open(now) {
-                return Ok(());
-            }
+        if !window_open(spec, now)? {
+            return Ok(());
         }
         let mut allowance = u64::MAX;
         if let Some(rate) = spec.rate_per_minute {
@@ -436,30 +469,24 @@ impl Engine {
             allowance = tokens.floor().max(0.0) as u64;
         }
         let today = Timestamp::from_unix(u64::try_from(now.timestamp()).unwrap_or(0));
-        // The set-based statements restate the per-device rules; the release's expiry, the
-        // same for every device, is left to the Rust rules (which refuse every device).
-        let set_based =
-            txn.get_database_backend() == DatabaseBackend::Postgres && today < manifest.expires_at;
+        let set_based = set_based(txn, manifest, now);
         while allowance > 0 {
             let limit = Ord::min(allowance, if set_based { fanout::BATCH } else { BATCH });
             // On PostgreSQL one statement queues every device the rules surely admit and
             // hands back the rest; elsewhere every pending device is judged here.
             let (picked, mut queued, rest) = if set_based {
-                let batch = fanout::queue_batch(
-                    txn,
-                    &row.id,
-                    &row.job_id,
-                    row.current_wave,
-                    limit,
+                let queue = fanout::QueueNow {
+                    job: &row.job_id,
                     manifest,
                     now,
-                )
-                .await?;
+                };
+                let batch =
+                    fanout::queue_batch(txn, &row.id, row.current_wave, limit, queue).await?;
                 (batch.picked, batch.queued, batch.undecided)
             } else {
                 let rest: Vec<fanout::Picked> = rollout_targets::Entity::find()
                     .filter(rollout_targets::Column::RolloutId.eq(&row.id))
-                    .filter(rollout_targets::Column::Status.eq(status::PENDING))
+                    .filter(status::is(status::PENDING))
                     .filter(rollout_targets::Column::Wave.lte(row.current_wave))
                     .order_by_asc(rollout_targets::Column::Wave)
                     .order_by_asc(rollout_targets::Column::Bucket)
@@ -864,10 +891,28 @@ async fn mark_started(
 }
 
 /// Targets of waves up to `current` not yet queued.
+/// Whether the rollout's maintenance window (if any) is open at `now`.
+fn window_open(spec: &NewRollout, now: DateTime<Utc>) -> Result<bool> {
+    let Some(window) = &spec.maintenance_window else {
+        return Ok(true);
+    };
+    let schedule = plan::WindowSchedule::parse(window).map_err(anyhow::Error::msg)?;
+    Ok(schedule.is_open(now))
+}
+
+/// Whether devices are queued by the set-based statements of [`fanout`]: on PostgreSQL,
+/// while the release has not expired. Those statements restate the per-device rules; the
+/// release's expiry, the same for every device, is left to the Rust rules (which refuse
+/// every device).
+fn set_based(txn: &impl ConnectionTrait, manifest: &Manifest, now: DateTime<Utc>) -> bool {
+    let today = Timestamp::from_unix(u64::try_from(now.timestamp()).unwrap_or(0));
+    txn.get_database_backend() == DatabaseBackend::Postgres && today < manifest.expires_at
+}
+
 async fn pending(txn: &impl ConnectionTrait, rollout: &str, current: i32) -> Result<u64, DbErr> {
     rollout_targets::Entity::find()
         .filter(rollout_targets::Column::RolloutId.eq(rollout))
-        .filter(rollout_targets::Column::Status.eq(status::PENDING))
+        .filter(status::is(status::PENDING))
         .filter(rollout_targets::Column::Wave.lte(current))
         .count(txn)
         .await

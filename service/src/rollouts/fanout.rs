@@ -1,10 +1,14 @@
 //! Set-based fan-out on PostgreSQL: a rollout's target snapshot and the queueing of its
 //! waves as `INSERT … SELECT` statements, so that no device row crosses into the service.
-//! The engine keeps the row-by-row path for SQLite and for the few devices these
+//! At the start each device is hashed once into a temporary table, whose histogram cuts
+//! the waves; one statement then writes every target row and, for a static group with no
+//! rate limit, queues the first wave in passing (each target is written once, already
+//! queued). Later waves, and rationed first waves, are queued in batches that mark their
+//! targets. The engine keeps the row-by-row path for SQLite and for the few devices these
 //! statements leave undecided.
 //!
 //! Two rules are restated here in SQL and must stay exactly equal to their Rust originals:
-//! a device's bucket ([`bucket`], checked against it in this module's tests) and the
+//! a device's bucket ([`bucket`], checked against it by the fan-out tests) and the
 //! install rules of [`rules::check_manifest`]. For the rules, SQL only ever queues a device
 //! the Rust rules would queue too; anything it is not sure of (a pre-release against a
 //! pre-release of the same version, build metadata, a version it cannot read) is handed
@@ -23,25 +27,13 @@ use super::engine::status;
 use super::plan::{Cut, Histogram};
 use crate::registry::version_key;
 
-/// A device's bucket in rollout `rollout_param` (a placeholder such as `$3`), for the id
-/// column `id` (a qualified column), in SQL: SHA-256 of the same bytes as
+/// The target (a query whose one column is the device id) with each device's bucket in
+/// `rollout`, as rows `(id, b)`; the rollout id is bound after the target's own values.
+///
+/// The bucket in SQL: SHA-256 of the same bytes as
 /// [`bucket`](fleetwave_artifacts::protocol::bucket::bucket), its first eight bytes read as
 /// an unsigned big-endian integer, modulo [`BUCKETS`]. PostgreSQL has no unsigned 64-bit
 /// integer: a negative `s` stands for `s + 2^64`, whose remainder is shifted accordingly.
-fn bucket_sql(id: &str, rollout_param: &str) -> String {
-    let buckets = i64::from(BUCKETS);
-    let wrap = ((1u128 << 64) % u128::from(BUCKETS)) as i64;
-    format!(
-        "(SELECT CASE WHEN k.s >= 0 THEN k.s % {buckets} \
-                 ELSE (k.s % {buckets} + {wrap} + {buckets}) % {buckets} END \
-          FROM (SELECT ('x' || encode(substring(sha256(convert_to( \
-                  'fleetwave/bucket/v1' || chr(10) || {rollout_param}::text || chr(10) || {id}, \
-                  'UTF8')) from 1 for 8), 'hex'))::bit(64)::bigint AS s) AS k)"
-    )
-}
-
-/// The target (a query whose one column is the device id) with each device's bucket in
-/// `rollout`, as `target(id, b)`; the rollout id is bound after the target's own values.
 fn bucketed(target: &Statement, rollout: &str) -> (String, Vec<Value>) {
     let mut values = target
         .values
@@ -50,9 +42,15 @@ fn bucketed(target: &Statement, rollout: &str) -> (String, Vec<Value>) {
         .unwrap_or_default();
     values.push(rollout.to_owned().into());
     let rollout_param = format!("${}", values.len());
+    let buckets = i64::from(BUCKETS);
+    let wrap = ((1u128 << 64) % u128::from(BUCKETS)) as i64;
     let sql = format!(
-        "SELECT t.id, {b}::integer AS b FROM ({inner}) AS t(id)",
-        b = bucket_sql("t.id", &rollout_param),
+        "SELECT id, (CASE WHEN s >= 0 THEN s % {buckets} \
+                     ELSE (s % {buckets} + {wrap} + {buckets}) % {buckets} END)::integer AS b \
+         FROM (SELECT t.id, ('x' || left(encode(sha256(convert_to( \
+                 'fleetwave/bucket/v1' || chr(10) || {rollout_param}::text || chr(10) || t.id, \
+                 'UTF8')), 'hex'), 16))::bit(64)::bigint AS s \
+               FROM ({inner}) AS t(id)) AS hashed",
         inner = target.sql,
     );
     (sql, values)
@@ -72,17 +70,32 @@ async fn query(
     .await
 }
 
-/// Counts the target's devices per bucket, in the database.
-pub async fn histogram(
+/// The temporary table a starting rollout's target is hashed into, dropped at commit.
+const SNAPSHOT: &str = "fanout_target";
+
+/// Hashes every device of the target into a temporary table (its id and its bucket in
+/// `rollout`), once, and counts them per bucket: [`write_targets`] reads the table.
+pub async fn snapshot(
     txn: &impl ConnectionTrait,
     target: &Statement,
     rollout: &str,
 ) -> Result<Histogram, DbErr> {
     let (inner, values) = bucketed(target, rollout);
+    txn.execute_unprepared(&format!(
+        "DROP TABLE IF EXISTS {SNAPSHOT}; \
+         CREATE TEMP TABLE {SNAPSHOT} (id text NOT NULL, b integer NOT NULL) ON COMMIT DROP"
+    ))
+    .await?;
+    query(
+        txn,
+        format!("INSERT INTO {SNAPSHOT} (id, b) {inner}"),
+        values,
+    )
+    .await?;
     let rows = query(
         txn,
-        format!("SELECT b, count(*) FROM ({inner}) AS target GROUP BY b"),
-        values,
+        format!("SELECT b, count(*) FROM {SNAPSHOT} GROUP BY b"),
+        Vec::new(),
     )
     .await?;
     let mut histogram = Histogram::default();
@@ -97,52 +110,157 @@ pub async fn histogram(
     Ok(histogram)
 }
 
-/// Writes the target rows of `rollout`, each device in the wave its bucket falls in
-/// (`outside` past the last cut), in one statement; returns how many pending devices each
-/// wave got.
+/// The first wave queued as its targets are written: the job to queue, the release's
+/// manifest whose rules each device must surely pass, and the time.
+pub struct QueueNow<'a> {
+    pub job: &'a str,
+    pub manifest: &'a Manifest,
+    pub now: DateTime<Utc>,
+}
+
+/// What [`write_targets`] wrote.
+pub struct Written {
+    /// Devices per wave (queued or pending; not those outside the last wave).
+    pub planned: Vec<i64>,
+    /// Devices of the first wave queued in the same statement.
+    pub queued: i64,
+}
+
+/// Writes the target rows of `rollout` from the [`snapshot`], each device in the wave its
+/// bucket falls in (`outside` past the last cut), in one statement. With `queue`, the same
+/// statement queues every device of the first wave the install rules surely admit (its
+/// execution and first history row written, its target written queued, so no target is
+/// written twice); the rest stay pending for [`queue_batch`] and the Rust rules.
 pub async fn write_targets(
     txn: &impl ConnectionTrait,
-    target: &Statement,
     rollout: &str,
     cuts: &[Cut],
-) -> Result<Vec<i64>, DbErr> {
-    let (inner, mut values) = bucketed(target, rollout);
-    let rollout_param = format!("${}", values.len());
+    queue: Option<QueueNow<'_>>,
+) -> Result<Written, DbErr> {
     let inside = cuts.last().map_or(0, |c| c.threshold);
     let last = cuts.len().saturating_sub(1);
     let mut wave = format!(
-        "CASE WHEN b >= {inside} THEN {outside}",
+        "CASE WHEN t.b >= {inside} THEN {outside}",
         outside = cuts.len()
     );
     for (i, cut) in cuts.iter().enumerate() {
-        wave.push_str(&format!(" WHEN b < {} THEN {i}", cut.threshold));
+        wave.push_str(&format!(" WHEN t.b < {} THEN {i}", cut.threshold));
     }
     wave.push_str(&format!(" ELSE {last} END"));
-    values.push(status::PENDING.into());
-    let pending = format!("${}", values.len());
-    values.push(status::OUTSIDE.into());
-    let outside = format!("${}", values.len());
-    // Materialised, so each device's bucket is hashed once, not once per use.
+    let mut values: Vec<Value> = vec![
+        rollout.to_owned().into(),
+        status::PENDING.into(),
+        status::OUTSIDE.into(),
+        status::QUEUED.into(),
+    ];
+    let (judged, queueing) = match queue {
+        None => (
+            format!(
+                "SELECT t.id AS device_id, t.b AS bucket, {wave} AS wave, false AS ok FROM {SNAPSHOT} t"
+            ),
+            String::new(),
+        ),
+        Some(q) => {
+            let admits = surely_admits(q.manifest, &mut values);
+            let judged = format!(
+                "SELECT w.device_id, w.bucket, w.wave, d.hardware, d.firmware_version, \
+                        COALESCE(w.wave = 0 AND {admits}, false) AS ok \
+                 FROM (SELECT t.id AS device_id, t.b AS bucket, {wave} AS wave \
+                       FROM {SNAPSHOT} t) AS w \
+                 LEFT JOIN devices d ON d.id = w.device_id"
+            );
+            (judged, insert_queued(q.job, q.now, &mut values))
+        }
+    };
     let sql = format!(
-        "WITH target AS MATERIALIZED ({inner}), \
+        "WITH judged AS ({judged}), {queueing} \
          written AS ( \
            INSERT INTO rollout_targets (rollout_id, device_id, bucket, wave, status) \
-           SELECT {rollout_param}, id, b, {wave}, \
-                  CASE WHEN b < {inside} THEN {pending} ELSE {outside} END \
-           FROM target \
+           SELECT $1, device_id, bucket, wave, \
+                  CASE WHEN ok THEN $4 WHEN bucket < {inside} THEN $2 ELSE $3 END \
+           FROM judged \
            RETURNING wave, status) \
-         SELECT wave, count(*) FROM written WHERE status = {pending} GROUP BY wave"
+         SELECT wave, status = $4, count(*) FROM written WHERE status <> $3 GROUP BY 1, 2"
     );
     let rows = query(txn, sql, values).await?;
-    let mut planned = vec![0i64; cuts.len()];
+    let mut written = Written {
+        planned: vec![0i64; cuts.len()],
+        queued: 0,
+    };
     for row in rows {
         let w: i32 = row.try_get_by_index(0)?;
-        let n: i64 = row.try_get_by_index(1)?;
-        if let Some(p) = usize::try_from(w).ok().and_then(|w| planned.get_mut(w)) {
+        let queued: bool = row.try_get_by_index(1)?;
+        let n: i64 = row.try_get_by_index(2)?;
+        if let Some(p) = usize::try_from(w)
+            .ok()
+            .and_then(|w| written.planned.get_mut(w))
+        {
             *p += n;
         }
+        if queued {
+            written.queued += n;
+        }
     }
-    Ok(planned)
+    Ok(written)
+}
+
+/// The statements (as common table expressions ending in a comma) that queue every row of
+/// `judged` (`device_id`, `wave`, `hardware`, `firmware_version`, `ok`) whose `ok` is true:
+/// its execution of `job` and its first history row, at `now`.
+fn insert_queued(job: &str, now: DateTime<Utc>, values: &mut Vec<Value>) -> String {
+    values.push(job.to_owned().into());
+    let job = format!("${}", values.len());
+    values.push(now.into());
+    let now = format!("${}", values.len());
+    values.push(ExecutionState::Queued.as_str().into());
+    let queued = format!("${}", values.len());
+    format!(
+        "executions AS ( \
+           INSERT INTO job_executions (job_id, device_id, execution_number, version, state, \
+                                       queued_at, updated_at, rollout_id, wave) \
+           SELECT {job}, device_id, 1, 1, {queued}, {now}, {now}, $1, wave \
+           FROM judged WHERE ok), \
+         history AS ( \
+           INSERT INTO execution_history (job_id, device_id, execution_number, to_state, \
+                                          hardware, firmware_version, at) \
+           SELECT {job}, device_id, 1, {queued}, hardware, firmware_version, {now} \
+           FROM judged WHERE ok),"
+    )
+}
+
+/// The condition that the install rules surely admit device `d` (a row of `devices` joined
+/// on a target, all NULL when the device was deleted) to `manifest`, binding what it needs
+/// into `values`. The caller has checked that the manifest has not expired.
+fn surely_admits(manifest: &Manifest, values: &mut Vec<Value>) -> String {
+    let hardware: Vec<&str> = manifest.hardware.iter().map(|h| h.as_str()).collect();
+    values.push(
+        serde_json::to_string(&hardware)
+            .expect("hardware ids serialise")
+            .into(),
+    );
+    let hardware = format!("${}", values.len());
+    values.push(version_key::of(&manifest.version).into());
+    let version = format!("${}", values.len());
+    // Newer: no firmware reported, or a sortable key below the release's (compared byte by
+    // byte, whatever the database's collation). A key equal in its numbers and both
+    // pre-releases compare as text, which is not semver's order.
+    let mut sure = vec![
+        "d.id IS NOT NULL".to_owned(),
+        format!("d.hardware IN (SELECT json_array_elements_text({hardware}::json))"),
+        format!("(d.firmware_version IS NULL OR d.firmware_key COLLATE \"C\" < {version})"),
+        ambiguous_with(&manifest.version, values),
+    ];
+    if let Some(min) = &manifest.min_version {
+        values.push(version_key::of(min).into());
+        let key = format!("${}", values.len());
+        values.push(min.to_string().into());
+        let text = format!("${}", values.len());
+        sure.push(format!(
+            "(d.firmware_key COLLATE \"C\" > {key} OR d.firmware_version = {text})"
+        ));
+        sure.push(ambiguous_with(min, values));
+    }
+    sure.join(" AND ")
 }
 
 /// Targets queued per statement: the statement's fixed costs (a pass over the devices to
@@ -168,77 +286,41 @@ pub struct Batch {
 
 /// Picks up to `limit` pending targets of `rollout` in waves up to `current` (in wave,
 /// bucket, id order) and queues, in the same statement, every one the install rules surely
-/// admit (the caller has checked that the manifest has not expired at `now`): its execution of `job` and first history row are written and its target marked
-/// queued at `now`. The rest stay pending and come back undecided.
-#[allow(clippy::too_many_arguments)]
+/// admit (the caller has checked that the manifest has not expired at `now`): its
+/// execution of `job` and first history row are written and its target marked queued. The
+/// rest stay pending and come back undecided.
 pub async fn queue_batch(
     txn: &impl ConnectionTrait,
     rollout: &str,
-    job: &str,
     current: i32,
     limit: u64,
-    manifest: &Manifest,
-    now: DateTime<Utc>,
+    queue: QueueNow<'_>,
 ) -> Result<Batch, DbErr> {
-    let hardware: Vec<&str> = manifest.hardware.iter().map(|h| h.as_str()).collect();
-    let version = version_key::of(&manifest.version);
     let mut values: Vec<Value> = vec![
         rollout.to_owned().into(),
         current.into(),
         i64::try_from(limit).unwrap_or(i64::MAX).into(),
-        serde_json::to_string(&hardware)
-            .expect("hardware ids serialise")
-            .into(),
-        job.to_owned().into(),
-        now.into(),
-        ExecutionState::Queued.as_str().into(),
-        status::PENDING.into(),
         status::QUEUED.into(),
-        version.clone().into(),
     ];
-    // Newer: no firmware reported, or a sortable key below the release's (compared byte by
-    // byte, whatever the database's collation). A key equal in its numbers and both
-    // pre-releases compare as text, which is not semver's order.
-    let mut sure = vec![
-        "(d.firmware_version IS NULL OR d.firmware_key COLLATE \"C\" < $10)".to_owned(),
-        ambiguous_with(&manifest.version, &mut values),
-    ];
-    if let Some(min) = &manifest.min_version {
-        values.push(version_key::of(min).into());
-        let key = format!("${}", values.len());
-        values.push(min.to_string().into());
-        let text = format!("${}", values.len());
-        sure.push(format!(
-            "(d.firmware_key COLLATE \"C\" > {key} OR d.firmware_version = {text})"
-        ));
-        sure.push(ambiguous_with(min, &mut values));
-    }
+    let admits = surely_admits(queue.manifest, &mut values);
+    let queueing = insert_queued(queue.job, queue.now, &mut values);
     // The picked targets are marked queued by their physical address (`ctid`), read in this
     // same statement while the engine holds the rollout's row: nothing moved them meanwhile.
     let sql = format!(
         "WITH picked AS ( \
            SELECT ctid AS tid, device_id, wave, bucket FROM rollout_targets \
-           WHERE rollout_id = $1 AND status = $8 AND wave <= $2 \
+           WHERE rollout_id = $1 AND {pending} AND wave <= $2 \
            ORDER BY wave, bucket, device_id LIMIT $3), \
          judged AS ( \
            SELECT p.tid, p.device_id, p.wave, p.bucket, d.hardware, d.firmware_version, \
-                  COALESCE(d.id IS NOT NULL \
-                    AND d.hardware IN (SELECT json_array_elements_text($4::json)) \
-                    AND {sure}, false) AS ok \
+                  COALESCE({admits}, false) AS ok \
            FROM picked p LEFT JOIN devices d ON d.id = p.device_id), \
-         executions AS ( \
-           INSERT INTO job_executions (job_id, device_id, execution_number, version, state, \
-                                       queued_at, updated_at, rollout_id, wave) \
-           SELECT $5, device_id, 1, 1, $7, $6, $6, $1, wave FROM judged WHERE ok), \
-         history AS ( \
-           INSERT INTO execution_history (job_id, device_id, execution_number, to_state, \
-                                          hardware, firmware_version, at) \
-           SELECT $5, device_id, 1, $7, hardware, firmware_version, $6 FROM judged WHERE ok), \
+         {queueing} \
          marked AS ( \
-           UPDATE rollout_targets SET status = $9 \
+           UPDATE rollout_targets SET status = $4 \
            WHERE ctid = ANY(ARRAY(SELECT tid FROM judged WHERE ok))) \
          SELECT device_id, wave, bucket, ok FROM judged",
-        sure = sure.join(" AND "),
+        pending = status::is_sql(status::PENDING),
     );
     let rows = query(txn, sql, values).await?;
     let mut batch = Batch {

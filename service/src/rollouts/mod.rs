@@ -331,7 +331,7 @@ pub async fn status(db: &impl ConnectionTrait, id: &str) -> Result<Status, Error
     let waves = engine::load_waves(db, id).await?;
     let incompatible = rollout_targets::Entity::find()
         .filter(rollout_targets::Column::RolloutId.eq(id))
-        .filter(rollout_targets::Column::Status.eq(engine::status::INCOMPATIBLE))
+        .filter(engine::status::is(engine::status::INCOMPATIBLE))
         .order_by_asc(rollout_targets::Column::DeviceId)
         .limit(LISTED_INCOMPATIBLE)
         .all(db)

@@ -14,6 +14,7 @@ use reqwest::{Method, StatusCode};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, TransactionTrait};
 use serde_json::{Value, json};
 
+use crate::on_both_backends;
 use crate::releases::{image, manifest, sign, upload};
 
 /// A device that hears its jobs and reports through its shadow.
@@ -251,4 +252,134 @@ async fn every_transition_follows_the_table() {
             }
         }
     }
+}
+
+on_both_backends!(
+    a_deleted_device_takes_its_executions_but_not_its_history,
+    |backend: Backend| async move {
+        use fleetwave::registry::entities::execution_history;
+        use sea_orm::{ColumnTrait, QueryFilter};
+
+        let key = SecretKey::generate().unwrap();
+        let mut options = Options::new(backend);
+        options.trusted_keys = vec![key.public()];
+        let app = TestApp::spawn_with(options).await.unwrap();
+        for id in ["pi-7", "pi-8"] {
+            app.call(
+                Method::POST,
+                "/v1/devices",
+                Some(json!({"id": id, "hardware": "rpi4"})),
+            )
+            .await;
+        }
+        let bytes = image(1000, 2);
+        let (_, release) = upload(
+            &app,
+            sign(manifest(&bytes, "1.0.0", -60, 3600), &key),
+            bytes,
+        )
+        .await;
+        for id in ["pi-7", "pi-8"] {
+            let (status, job) = app
+                .call(
+                    Method::POST,
+                    "/v1/jobs",
+                    Some(json!({"release": release["id"], "device": id})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{job}");
+        }
+        let (status, _) = app.call(Method::DELETE, "/v1/devices/pi-7", None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let left: Vec<String> = job_executions::Entity::find()
+            .all(&app.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.device_id)
+            .collect();
+        assert_eq!(
+            left,
+            ["pi-8"],
+            "the deleted device's execution went with it"
+        );
+        let history = execution_history::Entity::find()
+            .filter(execution_history::Column::DeviceId.eq("pi-7"))
+            .all(&app.db)
+            .await
+            .unwrap();
+        assert_eq!(history.len(), 1, "what the device was asked to run stays");
+    }
+);
+
+/// On PostgreSQL executions have no foreign keys: a device's deletion waits for every
+/// transaction writing executions to end, then takes the executions written there too.
+#[tokio::test]
+async fn a_device_deletion_waits_for_the_executions_being_written() {
+    use fleetwave::registry::entities::jobs as job_rows;
+
+    let app = TestApp::spawn(Backend::Postgres).await.unwrap();
+    app.call(
+        Method::POST,
+        "/v1/devices",
+        Some(json!({"id": "pi-5", "hardware": "rpi4"})),
+    )
+    .await;
+    let now = chrono::Utc::now();
+    let txn = app.db.begin().await.unwrap();
+    fleetwave::registry::devices::hold_devices(&txn)
+        .await
+        .unwrap();
+    job_rows::Entity::insert(job_rows::ActiveModel {
+        id: Set("job-5".to_owned()),
+        release_id: Set("release-5".to_owned()),
+        rollout_id: Set(None),
+        created_by: Set("test".to_owned()),
+        created_at: Set(now),
+    })
+    .exec_without_returning(&txn)
+    .await
+    .unwrap();
+    job_executions::Entity::insert(job_executions::ActiveModel {
+        job_id: Set("job-5".to_owned()),
+        device_id: Set("pi-5".to_owned()),
+        execution_number: Set(1),
+        version: Set(1),
+        state: Set(ExecutionState::Queued.as_str().to_owned()),
+        step: Set(None),
+        progress: Set(None),
+        error_code: Set(None),
+        error_message: Set(None),
+        queued_at: Set(now),
+        started_at: Set(None),
+        updated_at: Set(now),
+        rollout_id: Set(None),
+        wave: Set(None),
+        retry_at: Set(None),
+    })
+    .exec_without_returning(&txn)
+    .await
+    .unwrap();
+    let deletion = tokio::spawn(
+        app.request(Method::DELETE, "/v1/devices/pi-5", Some(&app.admin_token))
+            .send(),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !deletion.is_finished(),
+        "the deletion waits for the transaction writing an execution"
+    );
+    txn.commit().await.unwrap();
+    assert_eq!(
+        deletion.await.unwrap().unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(
+        job_executions::Entity::find()
+            .all(&app.db)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the execution written meanwhile went with its device"
+    );
 }

@@ -1235,8 +1235,10 @@ async fn fleet_rollout(app: &TestApp, release: &Value, waves: Value) -> String {
 
 /// The engine queues on PostgreSQL with set-based statements that restate the bucket and
 /// the install rules in SQL, and on SQLite device by device in Rust: both must agree with
-/// the Rust originals for every device, pre-releases and build metadata included.
-async fn fanout_agrees_with_the_rust_rules(backend: Backend) {
+/// the Rust originals for every device, pre-releases and build metadata included. On
+/// PostgreSQL a static group's first wave is queued by the statement writing the targets,
+/// unless a rate limit rations it (`rate`): then by the batches that queue later waves.
+async fn fanout_agrees_with_the_rust_rules(backend: Backend, rate: Option<u32>) {
     use fleetwave::registry::entities::rollout_targets;
     use fleetwave_artifacts::protocol::bucket::bucket;
     use fleetwave_artifacts::{DeviceId, Timestamp, rules};
@@ -1290,12 +1292,14 @@ async fn fanout_agrees_with_the_rust_rules(backend: Backend) {
     }
     let ids: Vec<String> = devices.iter().map(|(id, _, _)| id.clone()).collect();
     static_group(&app, "fleet", &ids).await;
-    let rollout = fleet_rollout(
-        &app,
-        &release,
-        json!([{"size": {"percent": 40}}, {"size": {"percent": 100}}]),
-    )
-    .await;
+    let mut spec = json!({"release": release["id"], "target": {"group": "fleet"},
+        "waves": [{"size": {"percent": 40}}, {"size": {"percent": 100}}]});
+    if let Some(rate) = rate {
+        spec["rate_per_minute"] = json!(rate);
+    }
+    let (status, rollout) = app.call(Method::POST, "/v1/rollouts", Some(spec)).await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    let rollout = rollout["id"].as_str().unwrap().to_owned();
     app.engine.tick(Utc::now()).await.unwrap();
 
     let targets: BTreeMap<String, rollout_targets::Model> = rollout_targets::Entity::find()
@@ -1427,10 +1431,15 @@ async fn fanout_agrees_with_the_rust_rules(backend: Backend) {
 
 #[tokio::test]
 async fn the_set_based_fanout_on_postgres_agrees_with_the_rust_rules() {
-    fanout_agrees_with_the_rust_rules(Backend::Postgres).await;
+    fanout_agrees_with_the_rust_rules(Backend::Postgres, None).await;
+}
+
+#[tokio::test]
+async fn the_batched_fanout_on_postgres_agrees_with_the_rust_rules() {
+    fanout_agrees_with_the_rust_rules(Backend::Postgres, Some(100_000)).await;
 }
 
 #[tokio::test]
 async fn the_row_by_row_fanout_on_sqlite_agrees_with_the_rust_rules() {
-    fanout_agrees_with_the_rust_rules(Backend::Sqlite).await;
+    fanout_agrees_with_the_rust_rules(Backend::Sqlite, None).await;
 }
