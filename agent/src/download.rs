@@ -25,6 +25,8 @@ pub const CHUNK: u64 = 4 << 20;
 pub const LOW_SPEED_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes read back at a time.
 const READ_BUFFER: usize = 256 * 1024;
+/// Bytes of the body gathered before they are written to the slot.
+const WRITE_BUFFER: usize = 1 << 20;
 
 /// Why a download attempt stopped.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +118,9 @@ pub async fn fetch(
         .open(slot)
         .await?;
     file.seek(std::io::SeekFrom::Start(from)).await?;
+    // The body arrives in pieces of a few KiB; each write to a tokio file is a trip to a
+    // blocking thread, so they are gathered first.
+    let mut file = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
     let mut readback = Readback::start(slot, from, size)?;
     let mut written = from;
     let mut stream = response.bytes_stream();
