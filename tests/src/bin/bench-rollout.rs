@@ -59,28 +59,9 @@ async fn main() -> Result<()> {
     // N devices running 1.0.0 in one static group, inserted in bulk.
     register_fleet(&app.db, devices, "bench").await?;
 
-    let (status, rollout) = app
-        .call(
-            Method::POST,
-            "/v1/rollouts",
-            Some(json!({"release": release, "target": {"group": "bench"}, "waves": [{"size": {"percent": 100}}]})),
-        )
-        .await;
-    anyhow::ensure!(status.is_success(), "creating the rollout: {rollout}");
-    let id = rollout["id"].as_str().context("a rollout id")?.to_owned();
-
     // P1: the fan-out.
-    let started = Instant::now();
-    app.engine.tick(chrono::Utc::now()).await?;
-    let fanout = started.elapsed();
-    let (_, status) = app
-        .call(Method::GET, &format!("/v1/rollouts/{id}"), None)
-        .await;
-    let queued = status["wave_status"][0]["queued"].as_i64().unwrap_or(0);
-    anyhow::ensure!(
-        queued == devices as i64,
-        "{queued} of {devices} queued: {status}"
-    );
+    let spec = json!({"release": release, "target": {"group": "bench"}, "waves": [{"size": {"percent": 100}}]});
+    let (id, status, fanout) = fan_out(&app, spec, devices).await?;
 
     // The baseline: COPY of the same rows into a copy of the table, same database.
     app.db
@@ -153,30 +134,9 @@ async fn main() -> Result<()> {
     // P1, batched: a second rollout to the same devices under a rate limit that lets all
     // of them through at once. A rate limit (like every wave after the first) queues in
     // batches that mark targets already written, not in the statement writing them.
-    let (status, rationed) = app
-        .call(
-            Method::POST,
-            "/v1/rollouts",
-            Some(json!({"release": release, "target": {"group": "bench"},
-                "waves": [{"size": {"percent": 100}}], "rate_per_minute": devices * 60})),
-        )
-        .await;
-    anyhow::ensure!(
-        status.is_success(),
-        "creating the rationed rollout: {rationed}"
-    );
-    let rationed = rationed["id"].as_str().context("a rollout id")?.to_owned();
-    let started = Instant::now();
-    app.engine.tick(chrono::Utc::now()).await?;
-    let batched = started.elapsed();
-    let (_, status) = app
-        .call(Method::GET, &format!("/v1/rollouts/{rationed}"), None)
-        .await;
-    let queued = status["wave_status"][0]["queued"].as_i64().unwrap_or(0);
-    anyhow::ensure!(
-        queued == devices as i64,
-        "{queued} of {devices} queued in batches: {status}"
-    );
+    let spec = json!({"release": release, "target": {"group": "bench"},
+        "waves": [{"size": {"percent": 100}}], "rate_per_minute": devices * 60});
+    let (_, _, batched) = fan_out(&app, spec, devices).await?;
 
     let rate = devices as f64 / fanout.as_secs_f64();
     println!("| bench | devices | fleetwave | baseline | ratio | goal |");
@@ -203,4 +163,28 @@ async fn main() -> Result<()> {
         s99.as_secs_f64() / h99.as_secs_f64()
     );
     Ok(())
+}
+
+/// Creates the rollout `spec`, times the engine's tick that starts it, and checks that it
+/// queued every one of the `devices`; returns its id, its status and the tick's time.
+async fn fan_out(
+    app: &TestApp,
+    spec: serde_json::Value,
+    devices: u64,
+) -> Result<(String, serde_json::Value, std::time::Duration)> {
+    let (status, rollout) = app.call(Method::POST, "/v1/rollouts", Some(spec)).await;
+    anyhow::ensure!(status.is_success(), "creating the rollout: {rollout}");
+    let id = rollout["id"].as_str().context("a rollout id")?.to_owned();
+    let started = Instant::now();
+    app.engine.tick(chrono::Utc::now()).await?;
+    let took = started.elapsed();
+    let (_, status) = app
+        .call(Method::GET, &format!("/v1/rollouts/{id}"), None)
+        .await;
+    let queued = status["wave_status"][0]["queued"].as_i64().unwrap_or(0);
+    anyhow::ensure!(
+        queued == devices as i64,
+        "{queued} of {devices} queued: {status}"
+    );
+    Ok((id, status, took))
 }
