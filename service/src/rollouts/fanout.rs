@@ -74,7 +74,8 @@ async fn query(
 const SNAPSHOT: &str = "fanout_target";
 
 /// Hashes every device of the target into a temporary table (its id and its bucket in
-/// `rollout`), once, and counts them per bucket: [`write_targets`] reads the table.
+/// `rollout`), once, and counts them per bucket: [`write_targets`] reads the table, which
+/// goes at commit (one rollout starts per transaction).
 pub async fn snapshot(
     txn: &impl ConnectionTrait,
     target: &Statement,
@@ -82,8 +83,7 @@ pub async fn snapshot(
 ) -> Result<Histogram, DbErr> {
     let (inner, values) = bucketed(target, rollout);
     txn.execute_unprepared(&format!(
-        "DROP TABLE IF EXISTS {SNAPSHOT}; \
-         CREATE TEMP TABLE {SNAPSHOT} (id text NOT NULL, b integer NOT NULL) ON COMMIT DROP"
+        "CREATE TEMP TABLE {SNAPSHOT} (id text NOT NULL, b integer NOT NULL) ON COMMIT DROP"
     ))
     .await?;
     query(
