@@ -365,10 +365,8 @@ pub async fn delete(db: &DatabaseConnection, actor: &Actor, id: &str) -> Result<
     let txn = db.begin().await?;
     // Waits for the transactions writing executions to end; none starts until this one does.
     lock_devices(&txn, "pg_advisory_xact_lock").await?;
-    job_executions::Entity::delete_many()
-        .filter(job_executions::Column::DeviceId.eq(id))
-        .exec(&txn)
-        .await?;
+    // The device's row first, then its executions: the order a device's report takes them
+    // (its firmware, then its execution), so the two never wait on each other.
     let result = devices::Entity::delete_by_id(id.to_owned())
         .exec(&txn)
         .await?;
@@ -378,6 +376,10 @@ pub async fn delete(db: &DatabaseConnection, actor: &Actor, id: &str) -> Result<
             id: id.to_owned(),
         });
     }
+    job_executions::Entity::delete_many()
+        .filter(job_executions::Column::DeviceId.eq(id))
+        .exec(&txn)
+        .await?;
     audit::append(
         &txn,
         actor,

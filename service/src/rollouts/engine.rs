@@ -890,7 +890,6 @@ async fn mark_started(
     Ok(())
 }
 
-/// Targets of waves up to `current` not yet queued.
 /// Whether the rollout's maintenance window (if any) is open at `now`.
 fn window_open(spec: &NewRollout, now: DateTime<Utc>) -> Result<bool> {
     let Some(window) = &spec.maintenance_window else {
@@ -909,6 +908,7 @@ fn set_based(txn: &impl ConnectionTrait, manifest: &Manifest, now: DateTime<Utc>
     txn.get_database_backend() == DatabaseBackend::Postgres && today < manifest.expires_at
 }
 
+/// Targets of waves up to `current` not yet queued.
 async fn pending(txn: &impl ConnectionTrait, rollout: &str, current: i32) -> Result<u64, DbErr> {
     rollout_targets::Entity::find()
         .filter(rollout_targets::Column::RolloutId.eq(rollout))

@@ -383,3 +383,74 @@ async fn a_device_deletion_waits_for_the_executions_being_written() {
         "the execution written meanwhile went with its device"
     );
 }
+
+/// A device's report takes its device row, then its execution; a deletion of the same
+/// device must take them in the same order, or the two deadlock.
+#[tokio::test]
+async fn a_device_deletion_and_a_report_of_the_same_device_do_not_deadlock() {
+    use fleetwave::registry::entities::jobs as job_rows;
+    use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
+
+    let app = TestApp::spawn(Backend::Postgres).await.unwrap();
+    app.call(
+        Method::POST,
+        "/v1/devices",
+        Some(json!({"id": "pi-6", "hardware": "rpi4"})),
+    )
+    .await;
+    let now = chrono::Utc::now();
+    job_rows::Entity::insert(job_rows::ActiveModel {
+        id: Set("job-6".to_owned()),
+        release_id: Set("release-6".to_owned()),
+        rollout_id: Set(None),
+        created_by: Set("test".to_owned()),
+        created_at: Set(now),
+    })
+    .exec_without_returning(&app.db)
+    .await
+    .unwrap();
+    job_executions::Entity::insert(job_executions::ActiveModel {
+        job_id: Set("job-6".to_owned()),
+        device_id: Set("pi-6".to_owned()),
+        execution_number: Set(1),
+        version: Set(1),
+        state: Set(ExecutionState::Queued.as_str().to_owned()),
+        step: Set(None),
+        progress: Set(None),
+        error_code: Set(None),
+        error_message: Set(None),
+        queued_at: Set(now),
+        started_at: Set(None),
+        updated_at: Set(now),
+        rollout_id: Set(None),
+        wave: Set(None),
+        retry_at: Set(None),
+    })
+    .exec_without_returning(&app.db)
+    .await
+    .unwrap();
+    // The report: the device's firmware recorded (its row locked)...
+    let report = app.db.begin().await.unwrap();
+    fleetwave::registry::devices::record_firmware(&report, "pi-6", &semver::Version::new(1, 0, 0))
+        .await
+        .unwrap();
+    let deletion = tokio::spawn(
+        app.request(Method::DELETE, "/v1/devices/pi-6", Some(&app.admin_token))
+            .send(),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // ...then its execution, while the deletion waits.
+    report
+        .query_all_raw(Statement::from_string(
+            DatabaseBackend::Postgres,
+            "SELECT state FROM job_executions WHERE job_id = 'job-6' AND device_id = 'pi-6' \
+             FOR UPDATE",
+        ))
+        .await
+        .expect("the report is not chosen as a deadlock victim");
+    report.commit().await.unwrap();
+    assert_eq!(
+        deletion.await.unwrap().unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+}
