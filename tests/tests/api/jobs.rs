@@ -316,8 +316,6 @@ on_both_backends!(
 /// transaction writing executions to end, then takes the executions written there too.
 #[tokio::test]
 async fn a_device_deletion_waits_for_the_executions_being_written() {
-    use fleetwave::registry::entities::jobs as job_rows;
-
     let app = TestApp::spawn(Backend::Postgres).await.unwrap();
     app.call(
         Method::POST,
@@ -330,36 +328,7 @@ async fn a_device_deletion_waits_for_the_executions_being_written() {
     fleetwave::registry::devices::hold_devices(&txn)
         .await
         .unwrap();
-    job_rows::Entity::insert(job_rows::ActiveModel {
-        id: Set("job-5".to_owned()),
-        release_id: Set("release-5".to_owned()),
-        rollout_id: Set(None),
-        created_by: Set("test".to_owned()),
-        created_at: Set(now),
-    })
-    .exec_without_returning(&txn)
-    .await
-    .unwrap();
-    job_executions::Entity::insert(job_executions::ActiveModel {
-        job_id: Set("job-5".to_owned()),
-        device_id: Set("pi-5".to_owned()),
-        execution_number: Set(1),
-        version: Set(1),
-        state: Set(ExecutionState::Queued.as_str().to_owned()),
-        step: Set(None),
-        progress: Set(None),
-        error_code: Set(None),
-        error_message: Set(None),
-        queued_at: Set(now),
-        started_at: Set(None),
-        updated_at: Set(now),
-        rollout_id: Set(None),
-        wave: Set(None),
-        retry_at: Set(None),
-    })
-    .exec_without_returning(&txn)
-    .await
-    .unwrap();
+    write_queued_execution(&txn, "job-5", "pi-5", now).await;
     let deletion = tokio::spawn(
         app.request(Method::DELETE, "/v1/devices/pi-5", Some(&app.admin_token))
             .send(),
@@ -388,7 +357,6 @@ async fn a_device_deletion_waits_for_the_executions_being_written() {
 /// device must take them in the same order, or the two deadlock.
 #[tokio::test]
 async fn a_device_deletion_and_a_report_of_the_same_device_do_not_deadlock() {
-    use fleetwave::registry::entities::jobs as job_rows;
     use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
 
     let app = TestApp::spawn(Backend::Postgres).await.unwrap();
@@ -399,36 +367,7 @@ async fn a_device_deletion_and_a_report_of_the_same_device_do_not_deadlock() {
     )
     .await;
     let now = chrono::Utc::now();
-    job_rows::Entity::insert(job_rows::ActiveModel {
-        id: Set("job-6".to_owned()),
-        release_id: Set("release-6".to_owned()),
-        rollout_id: Set(None),
-        created_by: Set("test".to_owned()),
-        created_at: Set(now),
-    })
-    .exec_without_returning(&app.db)
-    .await
-    .unwrap();
-    job_executions::Entity::insert(job_executions::ActiveModel {
-        job_id: Set("job-6".to_owned()),
-        device_id: Set("pi-6".to_owned()),
-        execution_number: Set(1),
-        version: Set(1),
-        state: Set(ExecutionState::Queued.as_str().to_owned()),
-        step: Set(None),
-        progress: Set(None),
-        error_code: Set(None),
-        error_message: Set(None),
-        queued_at: Set(now),
-        started_at: Set(None),
-        updated_at: Set(now),
-        rollout_id: Set(None),
-        wave: Set(None),
-        retry_at: Set(None),
-    })
-    .exec_without_returning(&app.db)
-    .await
-    .unwrap();
+    write_queued_execution(&app.db, "job-6", "pi-6", now).await;
     // The report: the device's firmware recorded (its row locked)...
     let report = app.db.begin().await.unwrap();
     fleetwave::registry::devices::record_firmware(&report, "pi-6", &semver::Version::new(1, 0, 0))
@@ -453,4 +392,45 @@ async fn a_device_deletion_and_a_report_of_the_same_device_do_not_deadlock() {
         deletion.await.unwrap().unwrap().status(),
         StatusCode::NO_CONTENT
     );
+}
+
+/// Writes job `job` (of no release the service knows) and its QUEUED execution on `device`.
+async fn write_queued_execution(
+    db: &impl sea_orm::ConnectionTrait,
+    job: &str,
+    device: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    use fleetwave::registry::entities::jobs as job_rows;
+
+    job_rows::Entity::insert(job_rows::ActiveModel {
+        id: Set(job.to_owned()),
+        release_id: Set(format!("release-of-{job}")),
+        rollout_id: Set(None),
+        created_by: Set("test".to_owned()),
+        created_at: Set(now),
+    })
+    .exec_without_returning(db)
+    .await
+    .unwrap();
+    job_executions::Entity::insert(job_executions::ActiveModel {
+        job_id: Set(job.to_owned()),
+        device_id: Set(device.to_owned()),
+        execution_number: Set(1),
+        version: Set(1),
+        state: Set(ExecutionState::Queued.as_str().to_owned()),
+        step: Set(None),
+        progress: Set(None),
+        error_code: Set(None),
+        error_message: Set(None),
+        queued_at: Set(now),
+        started_at: Set(None),
+        updated_at: Set(now),
+        rollout_id: Set(None),
+        wave: Set(None),
+        retry_at: Set(None),
+    })
+    .exec_without_returning(db)
+    .await
+    .unwrap();
 }
