@@ -1,8 +1,9 @@
 //! The service's MQTT client: subscribes (as a shared subscription, so replicas split the
 //! work) to every device request, handles them in order in batches of up to [`BATCH`] per
 //! database transaction, publishes the answers after the commit (from a replier task, in
-//! commit order, while the next batch is handled), and acknowledges a message only then. While the database is down a batch is retried with backoff, unacknowledged, so
-//! nothing is lost (the broker keeps the rest for the persistent session).
+//! commit order, while the next batch is handled), and acknowledges a message only then.
+//! While the database is down a batch is retried with backoff, unacknowledged, so nothing is
+//! lost (the broker keeps the rest for the persistent session).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -209,9 +209,7 @@ impl Engine {
         let manifest = jobs::stored_manifest(&release)?;
         let manifest = manifest.manifest();
         if state == State::Running {
-            if Timestamp::from_unix(u64::try_from(now.timestamp()).unwrap_or(0))
-                >= manifest.expires_at
-            {
+            if today(now) >= manifest.expires_at {
                 let reason = format!("the release's manifest expired at {}", manifest.expires_at);
                 finish(txn, row, State::Halted, Some(reason), &Actor::system(), now).await?;
                 out.clear = static_group.filter(|_| row.notice_wave.is_some());
@@ -261,7 +259,7 @@ impl Engine {
                         && spec.rate_per_minute.is_none()
                         && set_based(txn, manifest, now)
                         && window_open(&spec, now)?)
-                    .then_some(fanout::QueueNow {
+                    .then_some(fanout::Queueing {
                         job: &job,
                         manifest,
                         now,
@@ -352,7 +350,7 @@ impl Engine {
         txn: &DatabaseTransaction,
         row: &mut rollouts::Model,
         spec: &NewRollout,
-        queue_now: Option<fanout::QueueNow<'_>>,
+        queue_now: Option<fanout::Queueing<'_>>,
         now: DateTime<Utc>,
     ) -> Result<i64> {
         let sizes: Vec<_> = spec.waves.iter().map(|w| w.size).collect();
@@ -468,14 +466,14 @@ impl Engine {
             row.rate_at = Some(now);
             allowance = tokens.floor().max(0.0) as u64;
         }
-        let today = Timestamp::from_unix(u64::try_from(now.timestamp()).unwrap_or(0));
+        let today = today(now);
         let set_based = set_based(txn, manifest, now);
         while allowance > 0 {
             let limit = Ord::min(allowance, if set_based { fanout::BATCH } else { BATCH });
             // On PostgreSQL one statement queues every device the rules surely admit and
             // hands back the rest; elsewhere every pending device is judged here.
             let (picked, mut queued, rest) = if set_based {
-                let queue = fanout::QueueNow {
+                let queue = fanout::Queueing {
                     job: &row.job_id,
                     manifest,
                     now,
@@ -890,6 +888,11 @@ async fn mark_started(
     Ok(())
 }
 
+/// `now` as the manifest rules' timestamp.
+fn today(now: DateTime<Utc>) -> Timestamp {
+    Timestamp::from_unix(u64::try_from(now.timestamp()).unwrap_or(0))
+}
+
 /// Whether the rollout's maintenance window (if any) is open at `now`.
 fn window_open(spec: &NewRollout, now: DateTime<Utc>) -> Result<bool> {
     let Some(window) = &spec.maintenance_window else {
@@ -904,8 +907,7 @@ fn window_open(spec: &NewRollout, now: DateTime<Utc>) -> Result<bool> {
 /// release's expiry, the same for every device, is left to the Rust rules (which refuse
 /// every device).
 fn set_based(txn: &impl ConnectionTrait, manifest: &Manifest, now: DateTime<Utc>) -> bool {
-    let today = Timestamp::from_unix(u64::try_from(now.timestamp()).unwrap_or(0));
-    txn.get_database_backend() == DatabaseBackend::Postgres && today < manifest.expires_at
+    txn.get_database_backend() == DatabaseBackend::Postgres && today(now) < manifest.expires_at
 }
 
 /// Targets of waves up to `current` not yet queued.

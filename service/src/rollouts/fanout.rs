@@ -40,8 +40,7 @@ fn bucketed(target: &Statement, rollout: &str) -> (String, Vec<Value>) {
         .as_ref()
         .map(|v| v.0.clone())
         .unwrap_or_default();
-    values.push(rollout.to_owned().into());
-    let rollout_param = format!("${}", values.len());
+    let rollout_param = bind(&mut values, rollout.to_owned());
     let buckets = i64::from(BUCKETS);
     let wrap = ((1u128 << 64) % u128::from(BUCKETS)) as i64;
     let sql = format!(
@@ -68,6 +67,12 @@ async fn query(
         values,
     ))
     .await
+}
+
+/// Appends `value` to a statement's `values` and returns its placeholder (`$n`).
+fn bind(values: &mut Vec<Value>, value: impl Into<Value>) -> String {
+    values.push(value.into());
+    format!("${}", values.len())
 }
 
 /// The temporary table a starting rollout's target is hashed into, dropped at commit.
@@ -110,9 +115,9 @@ pub async fn snapshot(
     Ok(histogram)
 }
 
-/// The first wave queued as its targets are written: the job to queue, the release's
-/// manifest whose rules each device must surely pass, and the time.
-pub struct QueueNow<'a> {
+/// What queueing devices takes: the job to queue, the release's manifest whose rules each
+/// device must surely pass, and the time.
+pub struct Queueing<'a> {
     pub job: &'a str,
     pub manifest: &'a Manifest,
     pub now: DateTime<Utc>,
@@ -135,7 +140,7 @@ pub async fn write_targets(
     txn: &impl ConnectionTrait,
     rollout: &str,
     cuts: &[Cut],
-    queue: Option<QueueNow<'_>>,
+    queue: Option<Queueing<'_>>,
 ) -> Result<Written, DbErr> {
     let inside = cuts.last().map_or(0, |c| c.threshold);
     let last = cuts.len().saturating_sub(1);
@@ -208,12 +213,9 @@ pub async fn write_targets(
 /// `judged` (`device_id`, `wave`, `hardware`, `firmware_version`, `ok`) whose `ok` is true:
 /// its execution of `job` and its first history row, at `now`.
 fn insert_queued(job: &str, now: DateTime<Utc>, values: &mut Vec<Value>) -> String {
-    values.push(job.to_owned().into());
-    let job = format!("${}", values.len());
-    values.push(now.into());
-    let now = format!("${}", values.len());
-    values.push(ExecutionState::Queued.as_str().into());
-    let queued = format!("${}", values.len());
+    let job = bind(values, job.to_owned());
+    let now = bind(values, now);
+    let queued = bind(values, ExecutionState::Queued.as_str());
     format!(
         "executions AS ( \
            INSERT INTO job_executions (job_id, device_id, execution_number, version, state, \
@@ -233,14 +235,11 @@ fn insert_queued(job: &str, now: DateTime<Utc>, values: &mut Vec<Value>) -> Stri
 /// into `values`. The caller has checked that the manifest has not expired.
 fn surely_admits(manifest: &Manifest, values: &mut Vec<Value>) -> String {
     let hardware: Vec<&str> = manifest.hardware.iter().map(|h| h.as_str()).collect();
-    values.push(
-        serde_json::to_string(&hardware)
-            .expect("hardware ids serialise")
-            .into(),
+    let hardware = bind(
+        values,
+        serde_json::to_string(&hardware).expect("hardware ids serialise"),
     );
-    let hardware = format!("${}", values.len());
-    values.push(version_key::of(&manifest.version).into());
-    let version = format!("${}", values.len());
+    let version = bind(values, version_key::of(&manifest.version));
     // Newer: no firmware reported, or a sortable key below the release's (compared byte by
     // byte, whatever the database's collation). A key equal in its numbers and both
     // pre-releases compare as text, which is not semver's order.
@@ -251,10 +250,8 @@ fn surely_admits(manifest: &Manifest, values: &mut Vec<Value>) -> String {
         ambiguous_with(&manifest.version, values),
     ];
     if let Some(min) = &manifest.min_version {
-        values.push(version_key::of(min).into());
-        let key = format!("${}", values.len());
-        values.push(min.to_string().into());
-        let text = format!("${}", values.len());
+        let key = bind(values, version_key::of(min));
+        let text = bind(values, min.to_string());
         sure.push(format!(
             "(d.firmware_key COLLATE \"C\" > {key} OR d.firmware_version = {text})"
         ));
@@ -294,7 +291,7 @@ pub async fn queue_batch(
     rollout: &str,
     current: i32,
     limit: u64,
-    queue: QueueNow<'_>,
+    queue: Queueing<'_>,
 ) -> Result<Batch, DbErr> {
     let mut values: Vec<Value> = vec![
         rollout.to_owned().into(),
@@ -352,10 +349,9 @@ fn ambiguous_with(v: &semver::Version, values: &mut Vec<Value>) -> String {
     }
     let key = version_key::of(v);
     let numbers = key.split_once('-').map_or(key.as_str(), |(n, _)| n);
-    values.push(format!("{numbers}-").into());
+    let prefix = bind(values, format!("{numbers}-"));
     format!(
-        "(d.firmware_key IS NULL OR left(d.firmware_key, {len}) <> ${n})",
+        "(d.firmware_key IS NULL OR left(d.firmware_key, {len}) <> {prefix})",
         len = numbers.len() + 1,
-        n = values.len()
     )
 }

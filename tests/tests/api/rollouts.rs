@@ -1219,16 +1219,14 @@ async fn schedule_approval_pause_resume_and_cancel() {
     }
 }
 
-/// Creates a rollout of `release` (as the API returned it) to the group `fleet` in `waves`;
-/// returns its id.
-async fn fleet_rollout(app: &TestApp, release: &Value, waves: Value) -> String {
-    let (status, rollout) = app
-        .call(
-            Method::POST,
-            "/v1/rollouts",
-            Some(json!({"release": release["id"], "target": {"group": "fleet"}, "waves": waves})),
-        )
-        .await;
+/// Creates a rollout of `release` (as the API returned it) to the group `fleet` in `waves`,
+/// rationed to `rate` devices a minute if given; returns its id.
+async fn fleet_rollout(app: &TestApp, release: &Value, waves: Value, rate: Option<u32>) -> String {
+    let mut spec = json!({"release": release["id"], "target": {"group": "fleet"}, "waves": waves});
+    if let Some(rate) = rate {
+        spec["rate_per_minute"] = json!(rate);
+    }
+    let (status, rollout) = app.call(Method::POST, "/v1/rollouts", Some(spec)).await;
     assert_eq!(status, StatusCode::CREATED, "{rollout}");
     rollout["id"].as_str().unwrap().to_owned()
 }
@@ -1292,14 +1290,13 @@ async fn fanout_agrees_with_the_rust_rules(backend: Backend, rate: Option<u32>) 
     }
     let ids: Vec<String> = devices.iter().map(|(id, _, _)| id.clone()).collect();
     static_group(&app, "fleet", &ids).await;
-    let mut spec = json!({"release": release["id"], "target": {"group": "fleet"},
-        "waves": [{"size": {"percent": 40}}, {"size": {"percent": 100}}]});
-    if let Some(rate) = rate {
-        spec["rate_per_minute"] = json!(rate);
-    }
-    let (status, rollout) = app.call(Method::POST, "/v1/rollouts", Some(spec)).await;
-    assert_eq!(status, StatusCode::CREATED, "{rollout}");
-    let rollout = rollout["id"].as_str().unwrap().to_owned();
+    let rollout = fleet_rollout(
+        &app,
+        &release,
+        json!([{"size": {"percent": 40}}, {"size": {"percent": 100}}]),
+        rate,
+    )
+    .await;
     app.engine.tick(Utc::now()).await.unwrap();
 
     let targets: BTreeMap<String, rollout_targets::Model> = rollout_targets::Entity::find()
@@ -1387,7 +1384,7 @@ async fn fanout_agrees_with_the_rust_rules(backend: Backend, rate: Option<u32>) 
     assert!(count("queued") > 0 && count("incompatible") > 0, "{status}");
 
     // A rollout that starts after its release expired queues nobody, on either path.
-    let late = fleet_rollout(&app, &release, json!([{"size": {"percent": 100}}])).await;
+    let late = fleet_rollout(&app, &release, json!([{"size": {"percent": 100}}]), None).await;
     let executions_before = job_executions::Entity::find()
         .all(&app.db)
         .await
