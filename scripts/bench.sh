@@ -22,6 +22,7 @@ cargo run "${profile[@]}" --quiet -p fleetwave-tests --bin bench-rollout -- --de
 echo
 echo "## Ingestion (P2): device updates through Mosquitto into PostgreSQL"
 cargo run "${profile[@]}" --quiet -p fleetwave-tests --bin bench-ingest -- --clients 100 --messages 100
+cargo run "${profile[@]}" --quiet -p fleetwave-tests --bin bench-ingest -- --clients 100 --messages 300 | tail -n 1
 echo
 echo "## Agent pipeline (P3): download + sync + read-back sha256"
 cargo run "${profile[@]}" --quiet -p fleetwave-tests --bin bench-agent -- --size-mib 64 --size-mib 1024

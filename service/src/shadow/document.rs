@@ -64,18 +64,19 @@ impl Rejection {
     }
 }
 
-/// What an accepted update produced, ready to publish.
+/// What an accepted update produced, ready to publish: the documents are JSON bytes,
+/// serialised once from borrowed views of the request and the shadows (no `Value` trees).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Updated {
     /// The new shadow, to store.
     pub shadow: Shadow,
     /// The `/update/accepted` document.
-    pub accepted: Value,
+    pub accepted: Vec<u8>,
     /// The `/update/documents` document (previous and current).
-    pub documents: Value,
+    pub documents: Vec<u8>,
     /// The `/update/delta` document, when the update changed desired state that reported
     /// does not match.
-    pub delta: Option<Value>,
+    pub delta: Option<Vec<u8>>,
 }
 
 /// The `clientToken` of a request, checked (also to echo it in a rejection).
@@ -122,29 +123,27 @@ pub fn update(current: Option<&Shadow>, request: &Value, now: u64) -> Result<Upd
                 "state.{section} must be an object or null"
             )));
         }
-        check_value(value, section, 0)?;
+        check_value(value, &|| section.clone(), 0)?;
     }
-    let previous = current.cloned().unwrap_or_default();
+    let previous_version = current.map_or(0, |c| c.version);
     match req.get("version") {
         None | Some(Value::Null) => {}
         Some(v) => {
             let Some(v) = v.as_u64() else {
                 return Err(Rejection::bad("version must be a non-negative integer"));
             };
-            if v != previous.version {
+            if v != previous_version {
                 return Err(Rejection {
                     code: 409,
                     message: format!(
-                        "version conflict: the shadow is at version {}",
-                        previous.version
+                        "version conflict: the shadow is at version {previous_version}"
                     ),
                 });
             }
         }
     }
 
-    let mut next = previous.clone();
-    let mut accepted_meta = Object::new();
+    let mut next = current.cloned().unwrap_or_default();
     for (section, value) in state {
         let (data, meta) = match section.as_str() {
             "desired" => (&mut next.desired, &mut next.desired_meta),
@@ -155,7 +154,6 @@ pub fn update(current: Option<&Shadow>, request: &Value, now: u64) -> Result<Upd
                 let mut target = data.take().unwrap_or_default();
                 merge(&mut target, meta, patch, now);
                 *data = (!target.is_empty()).then_some(target);
-                accepted_meta.insert(section.clone(), Value::Object(stamp(patch, now)));
             }
             _ => {
                 *data = None;
@@ -163,8 +161,8 @@ pub fn update(current: Option<&Shadow>, request: &Value, now: u64) -> Result<Upd
             }
         }
     }
-    next.version = previous.version + 1;
-    let stored = serde_json::to_vec(&next.state_and_metadata()).map_or(usize::MAX, |b| b.len());
+    next.version = previous_version + 1;
+    let stored = json_len(&next.view(None));
     if stored > MAX_DOCUMENT_BYTES {
         return Err(Rejection {
             code: 413,
@@ -174,24 +172,30 @@ pub fn update(current: Option<&Shadow>, request: &Value, now: u64) -> Result<Upd
         });
     }
 
-    let accepted = with_token(
-        json!({"state": state, "metadata": accepted_meta, "version": next.version, "timestamp": now}),
-        token,
-    );
-    let documents = with_token(
-        json!({
-            "previous": (previous.version > 0).then(|| previous.document()),
-            "current": next.document(),
-            "timestamp": now,
-        }),
-        token,
-    );
+    let accepted = to_json(&StateAnswer {
+        client_token: token,
+        metadata: Stamps { state, now },
+        state,
+        timestamp: now,
+        version: next.version,
+    });
+    let documents = to_json(&Documents {
+        client_token: token,
+        current: next.view(Some(next.version)),
+        previous: current
+            .filter(|c| c.version > 0)
+            .map(|c| c.view(Some(c.version))),
+        timestamp: now,
+    });
     let delta = if state.contains_key("desired") {
         next.delta().map(|(delta, meta)| {
-            with_token(
-                json!({"state": delta, "metadata": meta, "version": next.version, "timestamp": now}),
-                token,
-            )
+            to_json(&StateAnswer {
+                client_token: token,
+                metadata: &meta,
+                state: &delta,
+                timestamp: now,
+                version: next.version,
+            })
         })
     } else {
         None
@@ -217,23 +221,23 @@ impl Shadow {
 
     /// `{"state": {...}, "metadata": {...}, "version": n}`.
     pub fn document(&self) -> Value {
-        let mut doc = self.state_and_metadata();
-        doc["version"] = self.version.into();
-        doc
+        serde_json::to_value(self.view(Some(self.version))).expect("a document serialises")
     }
 
-    fn state_and_metadata(&self) -> Value {
-        let mut state = Object::new();
-        let mut metadata = Object::new();
-        if let Some(d) = &self.desired {
-            state.insert("desired".into(), Value::Object(d.clone()));
-            metadata.insert("desired".into(), Value::Object(self.desired_meta.clone()));
+    /// The shadow as `{"metadata": {...}, "state": {...}}`, with `version` when given,
+    /// borrowed for serialising.
+    fn view(&self, version: Option<u64>) -> DocumentView<'_> {
+        DocumentView {
+            metadata: Sections {
+                desired: self.desired.as_ref().map(|_| &self.desired_meta),
+                reported: self.reported.as_ref().map(|_| &self.reported_meta),
+            },
+            state: Sections {
+                desired: self.desired.as_ref(),
+                reported: self.reported.as_ref(),
+            },
+            version,
         }
-        if let Some(r) = &self.reported {
-            state.insert("reported".into(), Value::Object(r.clone()));
-            metadata.insert("reported".into(), Value::Object(self.reported_meta.clone()));
-        }
-        json!({"state": state, "metadata": metadata})
     }
 
     /// The desired fields reported does not match, with their desired metadata.
@@ -253,6 +257,127 @@ pub fn deleted_document(version: u64, now: u64, client_token: Option<&str>) -> V
     with_token(json!({"version": version, "timestamp": now}), client_token)
 }
 
+/// A shadow's state or metadata sections, borrowed (keys in the order a JSON object
+/// sorts them, so the bytes are those of the equivalent `Value`).
+#[derive(serde::Serialize)]
+struct Sections<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    desired: Option<&'a Object>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reported: Option<&'a Object>,
+}
+
+/// `{"metadata", "state", "version"?}` of a shadow, borrowed.
+#[derive(serde::Serialize)]
+struct DocumentView<'a> {
+    metadata: Sections<'a>,
+    state: Sections<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+}
+
+/// The `/update/accepted` and `/update/delta` documents.
+#[derive(serde::Serialize)]
+struct StateAnswer<'a, M: serde::Serialize> {
+    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
+    client_token: Option<&'a str>,
+    metadata: M,
+    state: &'a Object,
+    timestamp: u64,
+    version: u64,
+}
+
+/// The `/update/documents` document.
+#[derive(serde::Serialize)]
+struct Documents<'a> {
+    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
+    client_token: Option<&'a str>,
+    current: DocumentView<'a>,
+    previous: Option<DocumentView<'a>>,
+    timestamp: u64,
+}
+
+/// The metadata of an update's accepted sections: `{"timestamp": now}` at every field the
+/// request sets, mirroring its objects (a section set to `null` has none).
+struct Stamps<'a> {
+    state: &'a Object,
+    now: u64,
+}
+
+impl serde::Serialize for Stamps<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (section, value) in self.state {
+            if let Value::Object(patch) = value {
+                map.serialize_entry(
+                    section,
+                    &Stamped {
+                        patch,
+                        now: self.now,
+                    },
+                )?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// [`Stamps`] of one object.
+struct Stamped<'a> {
+    patch: &'a Object,
+    now: u64,
+}
+
+impl serde::Serialize for Stamped<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        #[derive(serde::Serialize)]
+        struct Timestamp {
+            timestamp: u64,
+        }
+        let mut map = serializer.serialize_map(Some(self.patch.len()))?;
+        for (key, value) in self.patch {
+            match value {
+                Value::Object(patch) => map.serialize_entry(
+                    key,
+                    &Stamped {
+                        patch,
+                        now: self.now,
+                    },
+                )?,
+                _ => map.serialize_entry(
+                    key,
+                    &Timestamp {
+                        timestamp: self.now,
+                    },
+                )?,
+            }
+        }
+        map.end()
+    }
+}
+
+fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("a document serialises")
+}
+
+/// Bytes of `value` as JSON, counted without keeping them.
+fn json_len(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_or(usize::MAX, |()| count.0)
+}
+
 fn with_token(mut doc: Value, token: Option<&str>) -> Value {
     if let Some(t) = token {
         doc["clientToken"] = t.into();
@@ -260,33 +385,38 @@ fn with_token(mut doc: Value, token: Option<&str>) -> Value {
     doc
 }
 
-/// Refuses nulls inside arrays and nesting deeper than [`MAX_DEPTH`].
-fn check_value(value: &Value, path: &str, depth: usize) -> Result<(), Rejection> {
+/// Refuses nulls inside arrays and nesting deeper than [`MAX_DEPTH`]. The value's path is
+/// spelled out only for a refusal.
+fn check_value(value: &Value, path: &dyn Fn() -> String, depth: usize) -> Result<(), Rejection> {
     if depth > MAX_DEPTH {
         return Err(Rejection::bad(format!(
-            "{path} nests deeper than {MAX_DEPTH} levels"
+            "{} nests deeper than {MAX_DEPTH} levels",
+            path()
         )));
     }
     match value {
         // PostgreSQL text cannot hold NUL, and no device needs it.
         Value::String(s) if s.contains('\0') => Err(Rejection::bad(format!(
-            "{path}: strings may not contain NUL (\\u0000)"
+            "{}: strings may not contain NUL (\\u0000)",
+            path()
         ))),
         Value::Object(map) => map.iter().try_for_each(|(k, v)| {
             if k.contains('\0') {
                 return Err(Rejection::bad(format!(
-                    "{path}: keys may not contain NUL (\\u0000)"
+                    "{}: keys may not contain NUL (\\u0000)",
+                    path()
                 )));
             }
-            check_value(v, &format!("{path}.{k}"), depth + 1)
+            check_value(v, &|| format!("{}.{k}", path()), depth + 1)
         }),
         Value::Array(items) => items.iter().enumerate().try_for_each(|(i, v)| {
             if v.is_null() {
                 Err(Rejection::bad(format!(
-                    "{path}[{i}]: arrays may not contain null"
+                    "{}[{i}]: arrays may not contain null",
+                    path()
                 )))
             } else {
-                check_value(v, &format!("{path}[{i}]"), depth + 1)
+                check_value(v, &|| format!("{}[{i}]", path()), depth + 1)
             }
         }),
         _ => Ok(()),
@@ -322,20 +452,6 @@ fn merge(target: &mut Object, meta: &mut Object, patch: &Object, now: u64) {
             }
         }
     }
-}
-
-/// Metadata for the fields `patch` sets.
-fn stamp(patch: &Object, now: u64) -> Object {
-    patch
-        .iter()
-        .map(|(k, v)| {
-            let m = match v {
-                Value::Object(inner) => Value::Object(stamp(inner, now)),
-                _ => json!({"timestamp": now}),
-            };
-            (k.clone(), m)
-        })
-        .collect()
 }
 
 /// The fields of `desired` that `reported` does not hold with the same value.
@@ -385,6 +501,64 @@ mod tests {
         update(shadow, &request, 1000)
     }
 
+    fn parse(document: &[u8]) -> Value {
+        serde_json::from_slice(document).unwrap()
+    }
+
+    /// The answers to an update, whole: accepted (the request's state with a timestamp at
+    /// each field it set, a section set to null without), documents (previous, current),
+    /// delta.
+    #[test]
+    fn an_update_answers_with_whole_documents() {
+        let first = apply(
+            None,
+            json!({"state": {"reported": {"fw": "1.0.0", "net": {"ip": "10.0.0.2"}}}}),
+        )
+        .unwrap();
+        assert_eq!(
+            parse(&first.documents),
+            json!({"previous": null, "timestamp": 1000, "current": {
+                "state": {"reported": {"fw": "1.0.0", "net": {"ip": "10.0.0.2"}}},
+                "metadata": {"reported": {"fw": {"timestamp": 1000}, "net": {"ip": {"timestamp": 1000}}}},
+                "version": 1}})
+        );
+        let second = update(
+            Some(&first.shadow),
+            &json!({"state": {"desired": {"fw": "2.0.0", "led": [1, 2]}, "reported": null}, "clientToken": "k"}),
+            2000,
+        )
+        .unwrap();
+        assert_eq!(
+            parse(&second.accepted),
+            json!({"state": {"desired": {"fw": "2.0.0", "led": [1, 2]}, "reported": null},
+                "metadata": {"desired": {"fw": {"timestamp": 2000}, "led": {"timestamp": 2000}}},
+                "version": 2, "timestamp": 2000, "clientToken": "k"})
+        );
+        assert_eq!(
+            parse(&second.documents),
+            json!({"previous": first.shadow.document(), "timestamp": 2000, "clientToken": "k",
+                "current": {
+                    "state": {"desired": {"fw": "2.0.0", "led": [1, 2]}},
+                    "metadata": {"desired": {"fw": {"timestamp": 2000}, "led": {"timestamp": 2000}}},
+                    "version": 2}})
+        );
+        assert_eq!(
+            parse(&second.delta.unwrap()),
+            json!({"state": {"fw": "2.0.0", "led": [1, 2]},
+                "metadata": {"fw": {"timestamp": 2000}, "led": {"timestamp": 2000}},
+                "version": 2, "timestamp": 2000, "clientToken": "k"})
+        );
+        // The bytes are those of the same documents as `Value`s (keys sorted).
+        assert_eq!(
+            second.accepted,
+            serde_json::to_vec(&parse(&second.accepted)).unwrap()
+        );
+        assert_eq!(
+            second.documents,
+            serde_json::to_vec(&parse(&second.documents)).unwrap()
+        );
+    }
+
     #[test]
     fn delta_against_a_missing_reported_section() {
         let u = apply(
@@ -393,7 +567,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(u.shadow.version, 1);
-        let delta = u.delta.unwrap();
+        let delta = parse(&u.delta.unwrap());
         assert_eq!(delta["state"], json!({"firmware": "2.0.0", "led": "on"}));
         assert_eq!(delta["metadata"]["led"]["timestamp"], 1000);
         // Reporting one field removes it from the delta, and a report publishes no delta.
@@ -491,10 +665,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.shadow.version, 2);
-        assert_eq!(ok.accepted["clientToken"], "t-2");
-        assert_eq!(ok.accepted["version"], 2);
-        assert_eq!(ok.documents["previous"]["state"]["reported"]["a"], 1);
-        assert_eq!(ok.documents["current"]["state"]["reported"]["a"], 2);
+        let accepted = parse(&ok.accepted);
+        assert_eq!(accepted["clientToken"], "t-2");
+        assert_eq!(accepted["version"], 2);
+        let documents = parse(&ok.documents);
+        assert_eq!(documents["previous"]["state"]["reported"]["a"], 1);
+        assert_eq!(documents["current"]["state"]["reported"]["a"], 2);
     }
 
     /// Found by the `shadow` fuzz target: without exact float parsing, `150e55` was stored
@@ -558,7 +734,7 @@ mod tests {
             json!({"state": {"desired": {"fw": "2.0.0"}}, "clientToken": "c"}),
         )
         .unwrap();
-        let delta = differs.delta.unwrap();
+        let delta = parse(&differs.delta.unwrap());
         assert_eq!(delta["state"], json!({"fw": "2.0.0"}));
         assert_eq!(delta["clientToken"], "c");
         assert_eq!(delta["version"], 3);

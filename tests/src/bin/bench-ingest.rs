@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use fleetwave::mqtt::bridge;
 use fleetwave_tests::harness::app::{Backend, TestApp};
 use fleetwave_tests::harness::broker::PlainBroker;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
@@ -87,6 +88,9 @@ async fn main() -> Result<()> {
     let raw_lost = total - received;
     drop(counter);
 
+    // The protocol's ceiling: the same updates answered by a client without a database.
+    let (echo, echo_handled) = echo_service(&app, &publishers, messages, total).await?;
+
     // fleetwave: the same updates on the devices' shadow topics, applied in PostgreSQL.
     let started = Instant::now();
     publish_all(&publishers, messages, |i| {
@@ -115,13 +119,16 @@ async fn main() -> Result<()> {
         "release"
     };
     println!(
-        "| profile | clients × updates | raw pub → sub (Mosquitto) | lost | through fleetwave into PostgreSQL | lost | ratio of rates | goal |"
+        "| profile | clients × updates | raw pub → sub (Mosquitto) | lost | answered without a database | through fleetwave into PostgreSQL | lost | ratio of rates | goal |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {profile} | {clients} × {messages} | {:.2} s ({:.0} msg/s) | {raw_lost} | {:.2} s ({:.0} msg/s) | {lost} | {:.0} % | ≥ 50 %, 0 lost |",
+        "| {profile} | {clients} × {messages} | {:.2} s ({:.0} msg/s) | {raw_lost} | {:.2} s ({:.0} msg/s, {:.0} %) | {:.2} s ({:.0} msg/s) | {lost} | {:.0} % | ≥ 50 %, 0 lost |",
         raw.as_secs_f64(),
         rate(received, raw),
+        echo.as_secs_f64(),
+        rate(echo_handled, echo),
+        100.0 * rate(echo_handled, echo) / rate(received, raw),
         ingest.as_secs_f64(),
         rate(applied, ingest),
         100.0 * rate(applied, ingest) / rate(received, raw),
@@ -131,6 +138,77 @@ async fn main() -> Result<()> {
         "messages were lost: {raw_lost} raw, {lost} through fleetwave"
     );
     Ok(())
+}
+
+/// The protocol's ceiling: a client that takes the same updates as the service does (a
+/// shared subscription, a persistent session, acknowledged by hand in order after its
+/// answers, the service's MQTT settings), answers each with the two messages fleetwave
+/// sends (`…/accepted` and `…/documents`, about as large, at the same QoS), and touches no
+/// database. Returns the time from the first
+/// publish to the last update answered, and how many were.
+async fn echo_service(
+    app: &TestApp,
+    publishers: &[AsyncClient],
+    messages: usize,
+    total: u64,
+) -> Result<(Duration, u64)> {
+    let prefix = format!("{}/echo", app.mqtt.prefix);
+    let mut options = app.mqtt.options("echo-service");
+    options
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(256 * 1024, 256 * 1024)
+        .set_max_request_batch(bridge::REQUEST_BATCH);
+    let (client, mut events) = AsyncClient::new(options, 256);
+    events.network_options.set_tcp_nodelay(true);
+    client
+        .subscribe(
+            format!("$share/echo/{prefix}/things/+/shadow/update"),
+            QoS::AtLeastOnce,
+        )
+        .await?;
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = events.poll().await? {
+            break;
+        }
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<rumqttc::Publish>();
+    tokio::spawn(async move {
+        while let Ok(event) = events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                if tx.send(p).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let started = Instant::now();
+    publish_all(publishers, messages, |i| {
+        format!("{prefix}/things/dev-{i}/shadow/update")
+    });
+    let mut handled = 0u64;
+    let mut last = Instant::now();
+    while handled < total {
+        let Ok(Some(request)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
+        else {
+            break;
+        };
+        for (reply, factor) in [("accepted", 2), ("documents", 4)] {
+            let answer = vec![b' '; factor * request.payload.len()];
+            client
+                .publish(
+                    format!("{}/{reply}", request.topic),
+                    bridge::REPLY_QOS,
+                    false,
+                    answer,
+                )
+                .await?;
+        }
+        client.ack(&request).await?;
+        handled += 1;
+        last = Instant::now();
+    }
+    Ok((last.duration_since(started), handled))
 }
 
 /// `n` connected publisher clients (one per device), their event loops polled in the

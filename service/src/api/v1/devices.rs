@@ -132,7 +132,7 @@ pub async fn set_desired(
     caller: Caller,
     Path(id): Path<String>,
     body: AuditedJson<DesiredUpdate>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<impl axum::response::IntoResponse, ApiError> {
     let thing = device_id(&id)?;
     let mut request = serde_json::json!({"state": {"desired": body.value.desired}});
     if let Some(v) = body.value.version {
@@ -142,7 +142,7 @@ pub async fn set_desired(
     let updated = crate::shadow::apply(&state.db, &thing, &request, Some(&actor))
         .await?
         .map_err(shadow_error)?;
-    let accepted = updated.accepted.clone();
+    let accepted = updated.accepted;
     let mut out = vec![crate::shadow::Outgoing {
         channel: crate::shadow::Channel::Documents,
         payload: updated.documents,
@@ -154,5 +154,11 @@ pub async fn set_desired(
         });
     }
     state.mqtt.publish_shadow(&thing, out).await;
-    Ok(Json(accepted))
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        accepted,
+    ))
 }
