@@ -65,6 +65,12 @@ impl SimDevice {
 
     /// The next message on this device's topics: the topic after `{base}/`, and the payload.
     pub async fn next(&mut self) -> (String, Vec<u8>) {
+        let (topic, _, payload) = self.next_with_qos().await;
+        (topic, payload)
+    }
+
+    /// [`next`](Self::next), with the QoS the broker delivered it at.
+    pub async fn next_with_qos(&mut self) -> (String, QoS, Vec<u8>) {
         timeout(WAIT, async {
             loop {
                 if let Event::Incoming(Packet::Publish(p)) = self.events.poll().await.unwrap() {
@@ -73,7 +79,7 @@ impl SimDevice {
                         .strip_prefix(&format!("{}/", self.base))
                         .unwrap_or(&p.topic)
                         .to_owned();
-                    return (rest, p.payload.to_vec());
+                    return (rest, p.qos, p.payload.to_vec());
                 }
             }
         })

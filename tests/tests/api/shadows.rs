@@ -245,6 +245,43 @@ async fn desired_state_set_over_http_reaches_the_device_as_a_delta() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// PROTOCOL.md: the answers to a request and `…/documents` at QoS 0 (a device subscribed
+/// at QoS 1 gets them at 0, and the broker keeps none for it while it is away), a delta at
+/// QoS 1.
+#[tokio::test]
+async fn answers_come_at_qos_0_and_a_delta_at_qos_1() {
+    let (_app, mut d) = app_with_device("pi-qos").await;
+    d.0.send(
+        "shadow/update",
+        json!({"state": {"desired": {"mode": "eco"}}, "clientToken": "q"}),
+    )
+    .await;
+    let mut seen = std::collections::BTreeMap::new();
+    while seen.len() < 3 {
+        let (topic, qos, _) = d.0.next_with_qos().await;
+        if topic != "shadow/update" {
+            seen.insert(topic, qos);
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            ("shadow/update/accepted".to_owned(), QoS::AtMostOnce),
+            ("shadow/update/delta".to_owned(), QoS::AtLeastOnce),
+            ("shadow/update/documents".to_owned(), QoS::AtMostOnce),
+        ]
+        .into()
+    );
+    d.0.send("shadow/get", json!({})).await;
+    loop {
+        let (topic, qos, _) = d.0.next_with_qos().await;
+        if topic == "shadow/get/accepted" {
+            assert_eq!(qos, QoS::AtMostOnce);
+            break;
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_unregistered_device_gets_404() {
     let app = TestApp::spawn(Backend::Postgres).await.unwrap();
