@@ -358,7 +358,8 @@ impl serde::Serialize for Stamped<'_> {
     }
 }
 
-fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
+/// `value` as JSON bytes (a document always serialises: its keys are strings).
+pub(crate) fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
     serde_json::to_vec(value).expect("a document serialises")
 }
 

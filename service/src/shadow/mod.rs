@@ -46,14 +46,10 @@ fn unix_now() -> u64 {
     u64::try_from(Utc::now().timestamp()).unwrap_or(0)
 }
 
-fn json_bytes(document: &Value) -> Vec<u8> {
-    serde_json::to_vec(document).expect("a document serialises")
-}
-
 fn rejected(op: ShadowOp, rejection: &Rejection, token: Option<&str>) -> Vec<Outgoing> {
     vec![Outgoing {
         channel: Channel::Reply(op, Reply::Rejected),
-        payload: json_bytes(&rejection.document(unix_now(), token)),
+        payload: document::to_json(&rejection.document(unix_now(), token)),
     }]
 }
 
@@ -80,7 +76,7 @@ pub async fn handle(
         ShadowOp::Get => Ok(match load(db, thing).await? {
             Some(shadow) => vec![Outgoing {
                 channel: Channel::Reply(op, Reply::Accepted),
-                payload: json_bytes(&shadow.get_document(unix_now(), token)),
+                payload: document::to_json(&shadow.get_document(unix_now(), token)),
             }],
             None => rejected(op, &no_shadow(thing), token),
         }),
@@ -94,7 +90,7 @@ pub async fn handle(
             Ok(match row {
                 Some(row) if deleted.rows_affected > 0 => vec![Outgoing {
                     channel: Channel::Reply(op, Reply::Accepted),
-                    payload: json_bytes(&document::deleted_document(
+                    payload: document::to_json(&document::deleted_document(
                         u64::try_from(row.version).unwrap_or(0),
                         unix_now(),
                         token,
