@@ -3,10 +3,10 @@
 //! slot and hashed on a thread of its own, then size and sha256 checked:
 //! `fleetwave-agent verify IMAGE --url URL`, the same code a job runs) against
 //! `curl -s URL | tee FILE | sha256sum` fetching the same object from the same S3 server,
-//! measured in the same run. Each is run `--rounds` times (5 unless given), alternating; the
-//! fastest run of each counts (single runs of either varied by up to 2.5× on this shared
-//! machine).
-//! The agent's peak resident memory is sampled from /proc every 5 ms.
+//! measured in the same run. Each is run `--rounds` times (unless given: 10 for images up
+//! to 256 MiB, 5 above), alternating; the fastest run of each counts (single runs of either
+//! varied by up to 2.5× on this shared machine). The agent's peak resident memory is
+//! sampled from /proc every 5 ms.
 //!
 //! `scripts/bench.sh` runs it for 64 MiB and 1 GiB; CI runs a 16 MiB smoke run.
 //! Usage: bench-agent [--size-mib N]... [--rounds N]
@@ -27,17 +27,17 @@ async fn main() -> Result<()> {
     fleetwave_tests::harness::init();
     let mut args = std::env::args().skip(1);
     let mut sizes = Vec::new();
-    let mut rounds: usize = 5;
+    let mut rounds: Option<usize> = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--size-mib" => sizes.push(args.next().context("--size-mib N")?.parse::<u64>()?),
-            "--rounds" => rounds = args.next().context("--rounds N")?.parse()?,
+            "--rounds" => rounds = Some(args.next().context("--rounds N")?.parse()?),
             other => {
                 bail!("unknown argument {other}; usage: bench-agent [--size-mib N]... [--rounds N]")
             }
         }
     }
-    ensure!(rounds > 0, "--rounds must be at least 1");
+    ensure!(rounds != Some(0), "--rounds must be at least 1");
     if sizes.is_empty() {
         sizes = vec![64, 1024];
     }
@@ -53,6 +53,8 @@ async fn main() -> Result<()> {
     )?;
     writeln!(out, "|---|---|---|---|---|---|")?;
     for size_mib in sizes {
+        // A short run is cheap to repeat and more exposed to the machine's noise.
+        let rounds = rounds.unwrap_or(if size_mib <= 256 { 10 } else { 5 });
         let (baseline, agent, peak_kib) = measure(size_mib << 20, rounds).await?;
         let mib_s = |d: Duration| size_mib as f64 / d.as_secs_f64();
         writeln!(
