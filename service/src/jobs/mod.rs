@@ -161,23 +161,7 @@ pub async fn create_for_device(
     jobs::Entity::insert(jobs::ActiveModel::from(job.clone()))
         .exec_without_returning(&txn)
         .await?;
-    let execution = job_executions::Model {
-        job_id: job.id.clone(),
-        device_id: device.to_owned(),
-        execution_number: 1,
-        version: 1,
-        state: ExecutionState::Queued.as_str().to_owned(),
-        step: None,
-        progress: None,
-        error_code: None,
-        error_message: None,
-        queued_at: now,
-        started_at: None,
-        updated_at: now,
-        rollout_id: None,
-        wave: None,
-        retry_at: None,
-    };
+    let execution = job_executions::Model::queued(job.id.clone(), device.to_owned(), now, None);
     job_executions::Entity::insert(job_executions::ActiveModel::from(execution.clone()))
         .exec_without_returning(&txn)
         .await?;

@@ -544,23 +544,14 @@ impl Engine {
                     Err((code, detail)) => incompatible.push((target, code, detail)),
                     Ok(()) => {
                         let device = &found[&target.device_id];
-                        executions.push(job_executions::ActiveModel {
-                            job_id: Set(row.job_id.clone()),
-                            device_id: Set(target.device_id.clone()),
-                            execution_number: Set(1),
-                            version: Set(1),
-                            state: Set(ExecutionState::Queued.as_str().to_owned()),
-                            step: Set(None),
-                            progress: Set(None),
-                            error_code: Set(None),
-                            error_message: Set(None),
-                            queued_at: Set(now),
-                            started_at: Set(None),
-                            updated_at: Set(now),
-                            rollout_id: Set(Some(row.id.clone())),
-                            wave: Set(Some(target.wave)),
-                            retry_at: Set(None),
-                        });
+                        executions.push(job_executions::ActiveModel::from(
+                            job_executions::Model::queued(
+                                row.job_id.clone(),
+                                target.device_id.clone(),
+                                now,
+                                Some((row.id.clone(), target.wave)),
+                            ),
+                        ));
                         history.push(execution_history::ActiveModel {
                             id: sea_orm::ActiveValue::NotSet,
                             job_id: Set(row.job_id.clone()),

@@ -413,23 +413,9 @@ async fn write_queued_execution(
     .exec_without_returning(db)
     .await
     .unwrap();
-    job_executions::Entity::insert(job_executions::ActiveModel {
-        job_id: Set(job.to_owned()),
-        device_id: Set(device.to_owned()),
-        execution_number: Set(1),
-        version: Set(1),
-        state: Set(ExecutionState::Queued.as_str().to_owned()),
-        step: Set(None),
-        progress: Set(None),
-        error_code: Set(None),
-        error_message: Set(None),
-        queued_at: Set(now),
-        started_at: Set(None),
-        updated_at: Set(now),
-        rollout_id: Set(None),
-        wave: Set(None),
-        retry_at: Set(None),
-    })
+    job_executions::Entity::insert(job_executions::ActiveModel::from(
+        job_executions::Model::queued(job.to_owned(), device.to_owned(), now, None),
+    ))
     .exec_without_returning(db)
     .await
     .unwrap();

@@ -49,3 +49,35 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+impl Model {
+    /// A first execution of `job_id` on `device_id`, QUEUED at `now`, in a rollout's wave
+    /// when `placed` names them (`(rollout id, wave)`).
+    pub fn queued(
+        job_id: String,
+        device_id: String,
+        now: DateTimeUtc,
+        placed: Option<(String, i32)>,
+    ) -> Self {
+        let (rollout_id, wave) = placed.unzip();
+        Model {
+            job_id,
+            device_id,
+            execution_number: 1,
+            version: 1,
+            state: fleetwave_artifacts::protocol::jobs::ExecutionState::Queued
+                .as_str()
+                .to_owned(),
+            step: None,
+            progress: None,
+            error_code: None,
+            error_message: None,
+            queued_at: now,
+            started_at: None,
+            updated_at: now,
+            rollout_id,
+            wave,
+            retry_at: None,
+        }
+    }
+}
