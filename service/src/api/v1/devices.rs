@@ -61,7 +61,8 @@ pub async fn update(
     ))
 }
 
-/// Remove a device.
+/// Remove a device with its job executions and group memberships; its execution history (the
+/// audit trail of what it ran) stays.
 #[utoipa::path(delete, path = "/v1/devices/{id}", tag = "devices", params(("id" = String, Path)),
     security(("bearer" = [])),
     responses((status = 204), (status = 404, body = ErrorBody)))]
