@@ -57,10 +57,9 @@ const BATCH: u64 = 5_000;
 
 /// Target statuses.
 pub(crate) mod status {
-    /// Not queued yet.
+    /// Not queued yet. A queued device has no target row: its execution (which names
+    /// the rollout and the wave) holds its place.
     pub const PENDING: &str = "pending";
-    /// Has an execution.
-    pub const QUEUED: &str = "queued";
     /// Cannot take the release.
     pub const INCOMPATIBLE: &str = "incompatible";
     /// In the target but beyond the last wave's size.
@@ -357,7 +356,7 @@ impl Engine {
         let (cuts, planned, queued) = if txn.get_database_backend() == DatabaseBackend::Postgres {
             // No device row leaving the database: each device hashed once into a snapshot,
             // its buckets' histogram to cut the waves, then every target row.
-            let target = target_query(txn, "", spec, false)
+            let target = target_query(txn, spec, None)
                 .await?
                 .build(DatabaseBackend::Postgres);
             let histogram = fanout::snapshot(txn, &target, &row.id).await?;
@@ -411,7 +410,7 @@ impl Engine {
         row: &rollouts::Model,
         spec: &NewRollout,
     ) -> Result<()> {
-        let joiners = target_devices(txn, &row.id, spec, true).await?;
+        let joiners = joiners(txn, row, spec).await?;
         if joiners.is_empty() {
             return Ok(());
         }
@@ -572,7 +571,7 @@ impl Engine {
                 }
             }
             insert_queued(txn, executions, history).await?;
-            mark_queued(txn, &row.id, &queued_here).await?;
+            delete_targets(txn, &row.id, &queued_here).await?;
             mark_incompatible(txn, &row.id, &incompatible).await?;
             let mut per_wave: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
             for target in &queued {
@@ -976,15 +975,14 @@ async fn snapshot_in_pages(
     Ok((cuts, planned))
 }
 
-/// The ids of the target's registered devices; with `new_only`, only those not yet among
-/// the rollout's targets.
-async fn target_devices(
+/// The ids of the target's registered devices that `rollout` has neither among its
+/// targets nor queued: those that joined its target group since the start.
+async fn joiners(
     txn: &impl ConnectionTrait,
-    rollout: &str,
+    rollout: &rollouts::Model,
     spec: &NewRollout,
-    new_only: bool,
 ) -> Result<Vec<String>> {
-    let query = target_query(txn, rollout, spec, new_only).await?;
+    let query = target_query(txn, spec, Some(rollout)).await?;
     Ok(query.into_tuple::<String>().all(txn).await?)
 }
 
@@ -997,7 +995,7 @@ async fn target_page(
     spec: &NewRollout,
     after: Option<&str>,
 ) -> Result<Vec<String>> {
-    let mut query = target_query(txn, "", spec, false)
+    let mut query = target_query(txn, spec, None)
         .await?
         .order_by_asc(devices::Column::Id)
         .limit(TARGET_PAGE);
@@ -1007,13 +1005,12 @@ async fn target_page(
     Ok(query.into_tuple::<String>().all(txn).await?)
 }
 
-/// The ids of the target's devices (only those not yet among `rollout`'s targets with
-/// `new_only`), as a query.
+/// The ids of the target's devices, as a query; with `joined`, only those that rollout has
+/// neither among its targets nor queued (its job has no execution for them).
 async fn target_query(
     txn: &impl ConnectionTrait,
-    rollout: &str,
     spec: &NewRollout,
-    new_only: bool,
+    joined: Option<&rollouts::Model>,
 ) -> Result<sea_orm::Select<devices::Entity>> {
     let mut query = devices::Entity::find()
         .select_only()
@@ -1026,23 +1023,43 @@ async fn target_query(
             query = query.filter(condition);
         }
         Target::Devices(ids) => {
-            if new_only {
+            if joined.is_some() {
                 // A list of devices has no joiners.
                 return Ok(query.filter(Expr::val(false)));
             }
             query = query.filter(devices::Column::Id.is_in(ids.iter().cloned()));
         }
     }
-    if new_only {
-        query = query.filter(
-            Expr::col((devices::Entity, devices::Column::Id)).not_in_subquery(
-                SqlQuery::select()
-                    .column(rollout_targets::Column::DeviceId)
-                    .from(rollout_targets::Entity)
-                    .and_where(Expr::col(rollout_targets::Column::RolloutId).eq(rollout.to_owned()))
-                    .to_owned(),
-            ),
-        );
+    if let Some(rollout) = joined {
+        // Anti-joins (`NOT EXISTS`), which PostgreSQL plans whatever the sizes, where
+        // `NOT IN` falls back to a scan per device once its list outgrows `work_mem`.
+        let targeted = SqlQuery::select()
+            .expr(Expr::val(1))
+            .from(rollout_targets::Entity)
+            .and_where(
+                Expr::col((rollout_targets::Entity, rollout_targets::Column::RolloutId))
+                    .eq(rollout.id.clone()),
+            )
+            .and_where(
+                Expr::col((rollout_targets::Entity, rollout_targets::Column::DeviceId))
+                    .equals((devices::Entity, devices::Column::Id)),
+            )
+            .to_owned();
+        let queued = SqlQuery::select()
+            .expr(Expr::val(1))
+            .from(job_executions::Entity)
+            .and_where(
+                Expr::col((job_executions::Entity, job_executions::Column::JobId))
+                    .eq(rollout.job_id.clone()),
+            )
+            .and_where(
+                Expr::col((job_executions::Entity, job_executions::Column::DeviceId))
+                    .equals((devices::Entity, devices::Column::Id)),
+            )
+            .to_owned();
+        query = query
+            .filter(Expr::exists(targeted).not())
+            .filter(Expr::exists(queued).not());
     }
     Ok(query)
 }
@@ -1258,8 +1275,8 @@ async fn mark_incompatible(
     Ok(())
 }
 
-/// Marks targets as queued.
-async fn mark_queued(
+/// Deletes the targets of devices just queued: their executions hold their places.
+async fn delete_targets(
     txn: &impl ConnectionTrait,
     rollout: &str,
     ids: &[String],
@@ -1270,8 +1287,7 @@ async fn mark_queued(
         }
         txn.execute_raw(Statement::from_sql_and_values(
             DatabaseBackend::Postgres,
-            "UPDATE rollout_targets t SET status = 'queued' \
-             FROM json_array_elements_text($2::json) AS w(id) \
+            "DELETE FROM rollout_targets t USING json_array_elements_text($2::json) AS w(id) \
              WHERE t.rollout_id = $1 AND t.device_id = w.id",
             vec![
                 rollout.to_owned().into(),
@@ -1282,8 +1298,7 @@ async fn mark_queued(
         return Ok(());
     }
     for chunk in ids.chunks(CHUNK) {
-        rollout_targets::Entity::update_many()
-            .col_expr(rollout_targets::Column::Status, Expr::value(status::QUEUED))
+        rollout_targets::Entity::delete_many()
             .filter(rollout_targets::Column::RolloutId.eq(rollout))
             .filter(rollout_targets::Column::DeviceId.is_in(chunk.iter().cloned()))
             .exec(txn)

@@ -2,9 +2,10 @@
 //! waves as `INSERT … SELECT` statements, so that no device row crosses into the service.
 //! At the start each device is hashed once into a temporary table, whose histogram cuts
 //! the waves; one statement then writes every target row and, for a static group with no
-//! rate limit, queues the first wave in passing (each target is written once, already
-//! queued). Later waves, and rationed first waves, are queued in batches that mark their
-//! targets. The engine keeps the row-by-row path for SQLite and for the few devices these
+//! rate limit, queues the first wave in passing (a device it queues gets its execution and
+//! no target row: a target is a device's place in the rollout until it is queued). Later
+//! waves, and rationed first waves, are queued in batches that delete the targets they
+//! queue. The engine keeps the row-by-row path for SQLite and for the few devices these
 //! statements leave undecided.
 //!
 //! Two rules are restated here in SQL and must stay exactly equal to their Rust originals:
@@ -134,8 +135,8 @@ pub struct Written {
 /// Writes the target rows of `rollout` from the [`snapshot`], each device in the wave its
 /// bucket falls in (`outside` past the last cut), in one statement. With `queue`, the same
 /// statement queues every device of the first wave the install rules surely admit (its
-/// execution and first history row written, its target written queued, so no target is
-/// written twice); the rest stay pending for [`queue_batch`] and the Rust rules.
+/// execution, which names the rollout and the wave, and its first history row, but no
+/// target row); the rest stay pending for [`queue_batch`] and the Rust rules.
 pub async fn write_targets(
     txn: &impl ConnectionTrait,
     rollout: &str,
@@ -156,7 +157,6 @@ pub async fn write_targets(
         rollout.to_owned().into(),
         status::PENDING.into(),
         status::OUTSIDE.into(),
-        status::QUEUED.into(),
     ];
     let (judged, queueing) = match queue {
         None => (
@@ -181,11 +181,9 @@ pub async fn write_targets(
         "WITH judged AS ({judged}), {queueing} \
          written AS ( \
            INSERT INTO rollout_targets (rollout_id, device_id, bucket, wave, status) \
-           SELECT $1, device_id, bucket, wave, \
-                  CASE WHEN ok THEN $4 WHEN bucket < {inside} THEN $2 ELSE $3 END \
-           FROM judged \
-           RETURNING wave, status) \
-         SELECT wave, status = $4, count(*) FROM written WHERE status <> $3 GROUP BY 1, 2"
+           SELECT $1, device_id, bucket, wave, CASE WHEN bucket < {inside} THEN $2 ELSE $3 END \
+           FROM judged WHERE NOT ok) \
+         SELECT wave, ok, count(*) FROM judged WHERE bucket < {inside} GROUP BY 1, 2"
     );
     let rows = query(txn, sql, values).await?;
     let mut written = Written {
@@ -275,7 +273,7 @@ pub struct Picked {
 pub struct Batch {
     /// Targets looked at (queued here or handed back).
     pub picked: usize,
-    /// Queued by the statement: execution, history row and target status written.
+    /// Queued by the statement: execution and history row written, target deleted.
     pub queued: Vec<Picked>,
     /// Left pending for the Rust rules to judge (rare: see the module's notes).
     pub undecided: Vec<Picked>,
@@ -284,8 +282,8 @@ pub struct Batch {
 /// Picks up to `limit` pending targets of `rollout` in waves up to `current` (in wave,
 /// bucket, id order) and queues, in the same statement, every one the install rules surely
 /// admit (the caller has checked that the manifest has not expired at `now`): its
-/// execution of `job` and first history row are written and its target marked queued. The
-/// rest stay pending and come back undecided.
+/// execution of `job` and first history row are written and its target deleted. The rest
+/// stay pending and come back undecided.
 pub async fn queue_batch(
     txn: &impl ConnectionTrait,
     rollout: &str,
@@ -297,12 +295,11 @@ pub async fn queue_batch(
         rollout.to_owned().into(),
         current.into(),
         i64::try_from(limit).unwrap_or(i64::MAX).into(),
-        status::QUEUED.into(),
     ];
     let admits = surely_admits(queue.manifest, &mut values);
     let queueing = insert_queued(queue.job, queue.now, &mut values);
-    // The picked targets are marked queued by their physical address (`ctid`), read in this
-    // same statement while the engine holds the rollout's row: nothing moved them meanwhile.
+    // The queued targets are deleted by their physical address (`ctid`), read in this same
+    // statement while the engine holds the rollout's row: nothing moved them meanwhile.
     let sql = format!(
         "WITH picked AS ( \
            SELECT ctid AS tid, device_id, wave, bucket FROM rollout_targets \
@@ -313,8 +310,8 @@ pub async fn queue_batch(
                   COALESCE({admits}, false) AS ok \
            FROM picked p LEFT JOIN devices d ON d.id = p.device_id), \
          {queueing} \
-         marked AS ( \
-           UPDATE rollout_targets SET status = $4 \
+         done AS ( \
+           DELETE FROM rollout_targets \
            WHERE ctid = ANY(ARRAY(SELECT tid FROM judged WHERE ok))) \
          SELECT device_id, wave, bucket, ok FROM judged",
         pending = status::is_sql(status::PENDING),

@@ -5,7 +5,8 @@ use sea_orm::entity::prelude::{
     DeriveEntityModel, DerivePrimaryKey, DeriveRelation, EntityTrait, EnumIter, PrimaryKeyTrait,
 };
 
-/// One device a rollout covers.
+/// One device a rollout covers, until it is queued: from then on its execution (which
+/// names the rollout and the wave) holds its place, and this row is gone.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "rollout_targets")]
 pub struct Model {
@@ -19,7 +20,7 @@ pub struct Model {
     pub bucket: i32,
     /// The wave it belongs to.
     pub wave: i32,
-    /// `pending`, `queued` or `incompatible`.
+    /// `pending`, `incompatible` or `outside` (beyond the last wave).
     pub status: String,
     /// Why it is incompatible (a stable code).
     pub reason: Option<String>,
