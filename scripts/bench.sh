@@ -21,8 +21,9 @@ echo "## Rollout fan-out (P1) and status latency (P4) at 100k devices"
 cargo run "${profile[@]}" --quiet -p fleetwave-tests --bin bench-rollout -- --devices "${BENCH_DEVICES:-100000}"
 echo
 echo "## Ingestion (P2): device updates through Mosquitto into PostgreSQL"
-cargo run "${profile[@]}" --quiet -p fleetwave-tests --bin bench-ingest -- --clients 100 --messages 100
-cargo run "${profile[@]}" --quiet -p fleetwave-tests --bin bench-ingest -- --clients 100 --messages 300 | tail -n 1
+# 100 000 updates (steady state), then 10 000 (a burst, whose raw baseline lasts about 0.1 s).
+cargo run "${profile[@]}" --quiet -p fleetwave-tests --bin bench-ingest -- --clients 100 --messages 1000
+cargo run "${profile[@]}" --quiet -p fleetwave-tests --bin bench-ingest -- --clients 100 --messages 100 | tail -n 1
 echo
 echo "## Agent pipeline (P3): download + sync + read-back sha256"
 cargo run "${profile[@]}" --quiet -p fleetwave-tests --bin bench-agent -- --size-mib 64 --size-mib 1024

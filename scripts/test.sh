@@ -16,8 +16,8 @@ cargo build --workspace --bins --quiet
 cargo test --workspace --doc --quiet
 # Smoke runs of the benchmarks, so they never rot (figures come from scripts/bench.sh).
 cargo run --quiet -p fleetwave-tests --bin bench-upload -- --size-mib 16
-cargo run --quiet -p fleetwave-tests --bin bench-rollout -- --devices 5000 --requests 200
-cargo run --quiet -p fleetwave-tests --bin bench-ingest -- --clients 20 --messages 50
+cargo run --quiet -p fleetwave-tests --bin bench-rollout -- --devices 5000 --requests 200 --rounds 2
+cargo run --quiet -p fleetwave-tests --bin bench-ingest -- --clients 20 --messages 50 --rounds 2
 cargo run --quiet -p fleetwave-tests --bin bench-agent -- --size-mib 16 --rounds 2
 cargo run --quiet -p fleetwave-tests --bin bench-scale -- --devices 5000
 if cargo nextest --version >/dev/null 2>&1; then

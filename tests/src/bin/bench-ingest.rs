@@ -7,8 +7,13 @@
 //! to other topics and one subscriber counts them. Lost messages are counted for both (an
 //! applied update raises its shadow's version by one).
 //!
-//! `scripts/bench.sh` runs it with 100 clients × 100 updates; CI runs a smoke run.
-//! Usage: bench-ingest [--clients N] [--messages K]
+//! Rounds alternate (`--rounds`, default 3): raw, then the database-free ceiling, then
+//! fleetwave, each round with the same clients; the fastest of each counts, every round's
+//! ratio is printed, and a message lost in any round fails the run.
+//!
+//! `scripts/bench.sh` runs it with 100 clients × 1000 updates (and 100 × 100, a burst); CI
+//! runs a smoke run.
+//! Usage: bench-ingest [--clients N] [--messages K] [--rounds R]
 
 use std::time::{Duration, Instant};
 
@@ -24,15 +29,20 @@ async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let mut clients: usize = 100;
     let mut messages: usize = 100;
+    let mut rounds: usize = 3;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--clients" => clients = args.next().context("--clients N")?.parse()?,
             "--messages" => messages = args.next().context("--messages K")?.parse()?,
+            "--rounds" => rounds = args.next().context("--rounds R")?.parse()?,
             other => {
-                bail!("unknown argument {other}; usage: bench-ingest [--clients N] [--messages K]")
+                bail!(
+                    "unknown argument {other}; usage: bench-ingest [--clients N] [--messages K] [--rounds R]"
+                )
             }
         }
     }
+    anyhow::ensure!(rounds > 0, "--rounds must be at least 1");
     fleetwave::telemetry::init();
     // A Mosquitto of the benchmark's own with the limits `fleetwave broker config` writes.
     let broker = PlainBroker::start().await?;
@@ -67,52 +77,69 @@ async fn main() -> Result<()> {
             break;
         }
     }
-    let started = Instant::now();
-    publish_all(&publishers, messages, |i| {
-        format!("{prefix}/raw/things/dev-{i}/shadow/update")
-    });
-    let mut received = 0u64;
-    let mut last = Instant::now();
-    while received < total {
-        match tokio::time::timeout(Duration::from_secs(5), counter_events.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::Publish(_)))) => {
-                received += 1;
-                last = Instant::now();
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => bail!("the counting subscriber: {e}"),
-            Err(_) => break,
-        }
-    }
-    let raw = last.duration_since(started);
-    let raw_lost = total - received;
-    drop(counter);
-
-    // The protocol's ceiling: the same updates answered by a client without a database.
-    let (echo, echo_handled) = echo_service(&app, &publishers, messages, total).await?;
-
-    // fleetwave: the same updates on the devices' shadow topics, applied in PostgreSQL.
-    let started = Instant::now();
-    publish_all(&publishers, messages, |i| {
-        format!("{prefix}/things/dev-{i}/shadow/update")
-    });
-    let mut applied = 0u64;
-    let mut last = Instant::now();
-    loop {
-        let now = versions(&app).await?;
-        if now > applied {
-            applied = now;
-            last = Instant::now();
-        }
-        if applied >= total || last.elapsed() > Duration::from_secs(10) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let ingest = last.duration_since(started);
-    let lost = total - applied.min(total);
+    let mut echo = Echo::connect(&app).await?;
 
     let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
+    let (mut raw, mut echoed, mut ingest) = (Duration::MAX, Duration::MAX, Duration::MAX);
+    let (mut raw_lost, mut echo_lost, mut lost) = (0u64, 0u64, 0u64);
+    let mut ratios = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        // Baseline: the same publishers and payloads, one plain subscriber counting.
+        let started = Instant::now();
+        publish_all(&publishers, messages, |i| {
+            format!("{prefix}/raw/things/dev-{i}/shadow/update")
+        });
+        let mut received = 0u64;
+        let mut last = Instant::now();
+        while received < total {
+            match tokio::time::timeout(Duration::from_secs(5), counter_events.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::Publish(_)))) => {
+                    received += 1;
+                    last = Instant::now();
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => bail!("the counting subscriber: {e}"),
+                Err(_) => break,
+            }
+        }
+        let raw_round = last.duration_since(started);
+        raw_lost += total - received;
+
+        // The protocol's ceiling: the same updates answered by a client without a database.
+        let (echo_round, handled) = echo.run(&publishers, messages, total).await?;
+        echo_lost += total - handled.min(total);
+
+        // fleetwave: the same updates on the devices' shadow topics, applied in PostgreSQL.
+        let before = versions(&app).await?;
+        let started = Instant::now();
+        publish_all(&publishers, messages, |i| {
+            format!("{prefix}/things/dev-{i}/shadow/update")
+        });
+        let mut applied = 0u64;
+        let mut last = Instant::now();
+        loop {
+            let now = versions(&app).await? - before;
+            if now > applied {
+                applied = now;
+                last = Instant::now();
+            }
+            if applied >= total || last.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let ingest_round = last.duration_since(started);
+        lost += total - applied.min(total);
+        ratios.push(format!(
+            "{:.0} %",
+            100.0 * rate(applied, ingest_round) / rate(received, raw_round)
+        ));
+        raw = raw.min(raw_round);
+        echoed = echoed.min(echo_round);
+        ingest = ingest.min(ingest_round);
+    }
+    drop(counter);
+
     let profile = if cfg!(debug_assertions) {
         "dev"
     } else {
@@ -123,19 +150,20 @@ async fn main() -> Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {profile} | {clients} × {messages} | {:.2} s ({:.0} msg/s) | {raw_lost} | {:.2} s ({:.0} msg/s, {:.0} %) | {:.2} s ({:.0} msg/s) | {lost} | {:.0} % | ≥ 50 %, 0 lost |",
+        "| {profile} | {clients} × {messages}, best of {rounds} | {:.2} s ({:.0} msg/s) | {raw_lost} | {:.2} s ({:.0} msg/s, {:.0} %) | {:.2} s ({:.0} msg/s) | {lost} | {:.0} % (rounds: {}) | ≥ 50 %, 0 lost |",
         raw.as_secs_f64(),
-        rate(received, raw),
-        echo.as_secs_f64(),
-        rate(echo_handled, echo),
-        100.0 * rate(echo_handled, echo) / rate(received, raw),
+        rate(total, raw),
+        echoed.as_secs_f64(),
+        rate(total, echoed),
+        100.0 * rate(total, echoed) / rate(total, raw),
         ingest.as_secs_f64(),
-        rate(applied, ingest),
-        100.0 * rate(applied, ingest) / rate(received, raw),
+        rate(total, ingest),
+        100.0 * rate(total, ingest) / rate(total, raw),
+        ratios.join(", "),
     );
     anyhow::ensure!(
-        raw_lost == 0 && lost == 0,
-        "messages were lost: {raw_lost} raw, {lost} through fleetwave"
+        raw_lost == 0 && echo_lost == 0 && lost == 0,
+        "messages were lost: {raw_lost} raw, {echo_lost} by the ceiling's client, {lost} through fleetwave"
     );
     Ok(())
 }
@@ -144,71 +172,93 @@ async fn main() -> Result<()> {
 /// shared subscription, a persistent session, acknowledged by hand in order after its
 /// answers, the service's MQTT settings), answers each with the two messages fleetwave
 /// sends (`…/accepted` and `…/documents`, about as large, at the same QoS), and touches no
-/// database. Returns the time from the first
-/// publish to the last update answered, and how many were.
-async fn echo_service(
-    app: &TestApp,
-    publishers: &[AsyncClient],
-    messages: usize,
-    total: u64,
-) -> Result<(Duration, u64)> {
-    let prefix = format!("{}/echo", app.mqtt.prefix);
-    let mut options = app.mqtt.options("echo-service");
-    options
-        .set_clean_session(false)
-        .set_manual_acks(true)
-        .set_max_packet_size(256 * 1024, 256 * 1024)
-        .set_max_request_batch(bridge::REQUEST_BATCH);
-    let (client, mut events) = AsyncClient::new(options, 256);
-    events.network_options.set_tcp_nodelay(true);
-    client
-        .subscribe(
-            format!("$share/echo/{prefix}/things/+/shadow/update"),
-            QoS::AtLeastOnce,
-        )
-        .await?;
-    loop {
-        if let Event::Incoming(Packet::SubAck(_)) = events.poll().await? {
-            break;
-        }
-    }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<rumqttc::Publish>();
-    tokio::spawn(async move {
-        while let Ok(event) = events.poll().await {
-            if let Event::Incoming(Packet::Publish(p)) = event {
-                if tx.send(p).is_err() {
-                    return;
-                }
+/// database. Connected once, run every round.
+struct Echo {
+    client: AsyncClient,
+    requests: tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+    prefix: String,
+}
+
+impl Echo {
+    async fn connect(app: &TestApp) -> Result<Self> {
+        let prefix = format!("{}/echo", app.mqtt.prefix);
+        let mut options = app.mqtt.options("echo-service");
+        options
+            .set_clean_session(false)
+            .set_manual_acks(true)
+            .set_max_packet_size(256 * 1024, 256 * 1024)
+            .set_max_request_batch(bridge::REQUEST_BATCH);
+        let (client, mut events) = AsyncClient::new(options, 256);
+        events.network_options.set_tcp_nodelay(true);
+        client
+            .subscribe(
+                format!("$share/echo/{prefix}/things/+/shadow/update"),
+                QoS::AtLeastOnce,
+            )
+            .await?;
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) = events.poll().await? {
+                break;
             }
         }
-    });
-    let started = Instant::now();
-    publish_all(publishers, messages, |i| {
-        format!("{prefix}/things/dev-{i}/shadow/update")
-    });
-    let mut handled = 0u64;
-    let mut last = Instant::now();
-    while handled < total {
-        let Ok(Some(request)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
-        else {
-            break;
-        };
-        for (reply, factor) in [("accepted", 2), ("documents", 4)] {
-            let answer = vec![b' '; factor * request.payload.len()];
-            client
-                .publish(
-                    format!("{}/{reply}", request.topic),
-                    bridge::REPLY_QOS,
-                    false,
-                    answer,
-                )
-                .await?;
-        }
-        client.ack(&request).await?;
-        handled += 1;
-        last = Instant::now();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<rumqttc::Publish>();
+        tokio::spawn(async move {
+            while let Ok(event) = events.poll().await {
+                if let Event::Incoming(Packet::Publish(p)) = event {
+                    if tx.send(p).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Echo {
+            client,
+            requests: rx,
+            prefix,
+        })
     }
-    Ok((last.duration_since(started), handled))
+
+    /// Every publisher sends `messages` updates to the echo's topics; returns the time from
+    /// the first publish to the last update answered, and how many were.
+    async fn run(
+        &mut self,
+        publishers: &[AsyncClient],
+        messages: usize,
+        total: u64,
+    ) -> Result<(Duration, u64)> {
+        let Echo {
+            client,
+            requests: rx,
+            prefix,
+        } = self;
+        let started = Instant::now();
+        publish_all(publishers, messages, |i| {
+            format!("{prefix}/things/dev-{i}/shadow/update")
+        });
+        let mut handled = 0u64;
+        let mut last = Instant::now();
+        while handled < total {
+            let Ok(Some(request)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
+            else {
+                break;
+            };
+            for (reply, factor) in [("accepted", 2), ("documents", 4)] {
+                let answer = vec![b' '; factor * request.payload.len()];
+                client
+                    .publish(
+                        format!("{}/{reply}", request.topic),
+                        bridge::REPLY_QOS,
+                        false,
+                        answer,
+                    )
+                    .await?;
+            }
+            client.ack(&request).await?;
+            handled += 1;
+            last = Instant::now();
+        }
+        Ok((last.duration_since(started), handled))
+    }
 }
 
 /// `n` connected publisher clients (one per device), their event loops polled in the
