@@ -1033,35 +1033,39 @@ async fn target_query(
     if let Some(rollout) = joined {
         // Anti-joins (`NOT EXISTS`), which PostgreSQL plans whatever the sizes, where
         // `NOT IN` falls back to a scan per device once its list outgrows `work_mem`.
-        let targeted = SqlQuery::select()
-            .expr(Expr::val(1))
-            .from(rollout_targets::Entity)
-            .and_where(
-                Expr::col((rollout_targets::Entity, rollout_targets::Column::RolloutId))
-                    .eq(rollout.id.clone()),
-            )
-            .and_where(
-                Expr::col((rollout_targets::Entity, rollout_targets::Column::DeviceId))
-                    .equals((devices::Entity, devices::Column::Id)),
-            )
-            .to_owned();
-        let queued = SqlQuery::select()
-            .expr(Expr::val(1))
-            .from(job_executions::Entity)
-            .and_where(
-                Expr::col((job_executions::Entity, job_executions::Column::JobId))
-                    .eq(rollout.job_id.clone()),
-            )
-            .and_where(
-                Expr::col((job_executions::Entity, job_executions::Column::DeviceId))
-                    .equals((devices::Entity, devices::Column::Id)),
-            )
-            .to_owned();
         query = query
-            .filter(Expr::exists(targeted).not())
-            .filter(Expr::exists(queued).not());
+            .filter(none_for_device::<rollout_targets::Entity>(
+                rollout_targets::Column::RolloutId,
+                rollout.id.clone(),
+                rollout_targets::Column::DeviceId,
+            ))
+            .filter(none_for_device::<job_executions::Entity>(
+                job_executions::Column::JobId,
+                rollout.job_id.clone(),
+                job_executions::Column::DeviceId,
+            ));
     }
     Ok(query)
+}
+
+/// `NOT EXISTS` a row of `E` whose `owner` is `id` and whose `device` is the device being
+/// selected (`devices.id`).
+fn none_for_device<E: EntityTrait>(
+    owner: E::Column,
+    id: String,
+    device: E::Column,
+) -> sea_orm::sea_query::SimpleExpr {
+    Expr::exists(
+        SqlQuery::select()
+            .expr(Expr::val(1))
+            .from(E::default())
+            .and_where(Expr::col((E::default(), owner)).eq(id))
+            .and_where(
+                Expr::col((E::default(), device)).equals((devices::Entity, devices::Column::Id)),
+            )
+            .to_owned(),
+    )
+    .not()
 }
 
 /// A device's place in a rollout, as written when it starts or joins.
