@@ -976,7 +976,7 @@ async fn snapshot_in_pages(
 }
 
 /// The ids of the target's registered devices that `rollout` has neither among its
-/// targets nor queued: those that joined its target group since the start.
+/// targets nor ever queued: those that joined its target group since the start.
 async fn joiners(
     txn: &impl ConnectionTrait,
     rollout: &rollouts::Model,
@@ -1006,7 +1006,9 @@ async fn target_page(
 }
 
 /// The ids of the target's devices, as a query; with `joined`, only those that rollout has
-/// neither among its targets nor queued (its job has no execution for them).
+/// neither among its targets nor ever queued (its job's history has no row for them: the
+/// history outlives a deleted device's executions, so a device deleted and registered again
+/// under the same id does not join twice).
 async fn target_query(
     txn: &impl ConnectionTrait,
     spec: &NewRollout,
@@ -1039,10 +1041,10 @@ async fn target_query(
                 rollout.id.clone(),
                 rollout_targets::Column::DeviceId,
             ))
-            .filter(none_for_device::<job_executions::Entity>(
-                job_executions::Column::JobId,
+            .filter(none_for_device::<execution_history::Entity>(
+                execution_history::Column::JobId,
                 rollout.job_id.clone(),
-                job_executions::Column::DeviceId,
+                execution_history::Column::DeviceId,
             ));
     }
     Ok(query)

@@ -1446,3 +1446,121 @@ async fn the_batched_fanout_on_postgres_agrees_with_the_rust_rules() {
 async fn the_row_by_row_fanout_on_sqlite_agrees_with_the_rust_rules() {
     fanout_agrees_with_the_rust_rules(Backend::Sqlite, None).await;
 }
+
+/// A queued device has no target row (its execution holds its place), and a device's
+/// deletion takes its executions: a device deleted and registered again under the same id
+/// must not join the rollout a second time (the job's history, which outlives the device,
+/// says it was queued), on either backend.
+async fn a_queued_device_registered_again_does_not_join_twice(backend: Backend) {
+    let key = SecretKey::generate().unwrap();
+    let mut options = Options::new(backend);
+    options.trusted_keys = vec![key.public()];
+    let app = TestApp::spawn_with(options).await.unwrap();
+    let bytes = image(2048, 7);
+    let (status, release) = upload(
+        &app,
+        sign(manifest(&bytes, "2.0.0", -60, 7 * 86_400), &key),
+        bytes,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{release}");
+    let ids: Vec<String> = (0..10).map(id).collect();
+    register(&app, &ids, "berlin").await;
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/v1/groups",
+            Some(json!({"name": "berlin", "query": "attributes.site = \"berlin\""})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let spec = json!({"release": release["id"], "target": {"group": "berlin"},
+        "waves": [{"size": {"percent": 100}, "soak_secs": 3600}]});
+    let (status, rollout) = app.call(Method::POST, "/v1/rollouts", Some(spec)).await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    let rollout = rollout["id"].as_str().unwrap().to_owned();
+    app.engine.tick(Utc::now()).await.unwrap();
+    let before = rollout_status(&app, &rollout).await;
+    assert_eq!(waves(&before)[0]["planned"], 10, "{before}");
+    assert_eq!(waves(&before)[0]["queued"], 10, "{before}");
+
+    let again = &ids[3];
+    let (code, body) = app
+        .call(Method::DELETE, &format!("/v1/devices/{again}"), None)
+        .await;
+    assert!(code.is_success(), "{body}");
+    register(&app, std::slice::from_ref(again), "berlin").await;
+    // Ticks past each step's next tick, so every one steps the rollout (and looks for
+    // joiners).
+    for minutes in 1..=3 {
+        app.engine
+            .tick(Utc::now() + chrono::Duration::minutes(minutes))
+            .await
+            .unwrap();
+    }
+    let after = rollout_status(&app, &rollout).await;
+    assert_eq!(waves(&after)[0]["planned"], 10, "no second place: {after}");
+    assert_eq!(waves(&after)[0]["queued"], 10, "{after}");
+    let executions = job_executions::Entity::find()
+        .filter(job_executions::Column::DeviceId.eq(again.as_str()))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert!(executions.is_empty(), "{executions:?}");
+
+    // Going back to a service from before the change: the last migration's `down` writes a
+    // queued target back for every execution (on PostgreSQL with the devices' bucket), and
+    // `up` takes them away again.
+    use fleetwave::registry::entities::rollout_targets;
+    use fleetwave_artifacts::DeviceId;
+    use fleetwave_artifacts::protocol::bucket::bucket;
+    use sea_orm_migration::MigratorTrait;
+    fleetwave_migrations::Migrator::down(&app.db, Some(1))
+        .await
+        .unwrap();
+    let restored = rollout_targets::Entity::find()
+        .filter(rollout_targets::Column::RolloutId.eq(&rollout))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        restored.len(),
+        9,
+        "the deleted device's execution went with it"
+    );
+    for t in &restored {
+        assert_eq!(t.status, "queued", "{t:?}");
+        assert_eq!(t.wave, 0, "{t:?}");
+        if backend == Backend::Postgres {
+            let expected = bucket(&DeviceId::parse(&t.device_id).unwrap(), &rollout);
+            assert_eq!(t.bucket, i32::from(expected), "{t:?}");
+        }
+    }
+    fleetwave_migrations::Migrator::up(&app.db, None)
+        .await
+        .unwrap();
+    let left = rollout_targets::Entity::find()
+        .filter(rollout_targets::Column::RolloutId.eq(&rollout))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+async fn rollout_status(app: &TestApp, id: &str) -> Value {
+    let (code, body) = app
+        .call(Method::GET, &format!("/v1/rollouts/{id}"), None)
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn a_queued_device_registered_again_does_not_join_twice_on_postgres() {
+    a_queued_device_registered_again_does_not_join_twice(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_queued_device_registered_again_does_not_join_twice_on_sqlite() {
+    a_queued_device_registered_again_does_not_join_twice(Backend::Sqlite).await;
+}
