@@ -81,8 +81,10 @@ fn bind(values: &mut Vec<Value>, value: impl Into<Value>) -> String {
     format!("${}", values.len())
 }
 
-/// PostgreSQL's `work_mem` while a rollout starts: room for a target of about half a
-/// million devices without temporary files (PostgreSQL takes it only as it needs it).
+/// PostgreSQL's `work_mem` for the rest of a starting rollout's transaction: the limit of
+/// each hash table or stored result before it spills to a temporary file, not an
+/// allocation (a 100k-device target needed 12 MiB for the devices' hash table and about as
+/// much for the judged rows; a larger one spills beyond about five times that).
 const WORK_MEM: &str = "64MB";
 
 /// The temporary table a starting rollout's target is hashed into, dropped at commit.
@@ -98,9 +100,9 @@ pub async fn snapshot(
 ) -> Result<Histogram, DbErr> {
     let (inner, values) = bucketed(target, rollout);
     // The statement writing the targets holds the whole target twice (its devices' hash
-    // table and the judged rows it reads three times): room for them in memory, for this
-    // transaction only, instead of temporary files (4 MiB by default: a 100k-device target
-    // spilled about 30 MiB to disk).
+    // table and the judged rows, which each of its parts reads): room for them in memory,
+    // for this transaction only, instead of temporary files (4 MiB by default: a
+    // 100k-device target spilled about 30 MiB to disk).
     txn.execute_unprepared(&format!("SET LOCAL work_mem = '{WORK_MEM}'"))
         .await?;
     txn.execute_unprepared(&format!(

@@ -77,6 +77,20 @@ async fn main() -> Result<()> {
             break;
         }
     }
+    // Polled all along (its keep-alive pings too, between the raw phases), counting.
+    let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counting = counted.clone();
+    let counter_loop = tokio::spawn(async move {
+        loop {
+            match counter_events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(_))) => {
+                    counting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) => return anyhow::Error::from(e),
+            }
+        }
+    });
     let mut echo = Echo::connect(&app).await?;
 
     let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
@@ -85,29 +99,33 @@ async fn main() -> Result<()> {
     let mut ratios = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         // Baseline: the same publishers and payloads, one plain subscriber counting.
+        let before = counted.load(std::sync::atomic::Ordering::Relaxed);
         let started = Instant::now();
         publish_all(&publishers, messages, |i| {
             format!("{prefix}/raw/things/dev-{i}/shadow/update")
         });
         let mut received = 0u64;
         let mut last = Instant::now();
-        while received < total {
-            match tokio::time::timeout(Duration::from_secs(5), counter_events.poll()).await {
-                Ok(Ok(Event::Incoming(Packet::Publish(_)))) => {
-                    received += 1;
-                    last = Instant::now();
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => bail!("the counting subscriber: {e}"),
-                Err(_) => break,
+        while received < total && last.elapsed() < Duration::from_secs(5) {
+            if counter_loop.is_finished() {
+                bail!("the counting subscriber: {}", counter_loop.await?);
+            }
+            let now = counted.load(std::sync::atomic::Ordering::Relaxed) - before;
+            if now > received {
+                received = now;
+                last = Instant::now();
+            } else {
+                tokio::time::sleep(Duration::from_micros(200)).await;
             }
         }
         let raw_round = last.duration_since(started);
-        raw_lost += total - received;
+        raw_lost += total - received.min(total);
+        settle().await;
 
         // The protocol's ceiling: the same updates answered by a client without a database.
         let (echo_round, handled) = echo.run(&publishers, messages, total).await?;
         echo_lost += total - handled.min(total);
+        settle().await;
 
         // fleetwave: the same updates on the devices' shadow topics, applied in PostgreSQL.
         let before = versions(&app).await?;
@@ -137,8 +155,10 @@ async fn main() -> Result<()> {
         raw = raw.min(raw_round);
         echoed = echoed.min(echo_round);
         ingest = ingest.min(ingest_round);
+        settle().await;
     }
     drop(counter);
+    counter_loop.abort();
 
     let profile = if cfg!(debug_assertions) {
         "dev"
@@ -259,6 +279,12 @@ impl Echo {
         }
         Ok((last.duration_since(started), handled))
     }
+}
+
+/// A pause between phases, so one phase's last answers are through the broker before the
+/// next phase's clock starts.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
 /// `n` connected publisher clients (one per device), their event loops polled in the

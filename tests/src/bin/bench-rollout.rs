@@ -6,8 +6,8 @@
 //!   `COPY` of the same N execution rows into a copy of the executions table in the same
 //!   database. Rounds alternate (`--rounds`, default 3): a new rollout to the same devices,
 //!   then a COPY into the same copy, so both tables grow alike; the fastest of each counts,
-//!   and every round is printed. Each rollout is paused before the next starts, so a tick
-//!   steps only the rollout being timed.
+//!   and every round is printed. Each rollout is paused (and an untimed tick takes the
+//!   pause in) before the next starts, so a timed tick steps only the rollout it times.
 //! - P1 batched: the same for a second rollout to the same devices under a rate limit that
 //!   lets them all through in one tick: queued in batches that delete the targets written
 //!   pending, as every wave after the first is.
@@ -230,11 +230,13 @@ async fn copied(app: &TestApp) -> Result<i64> {
         .try_get::<i64>("", "n")?)
 }
 
-/// Pauses rollout `id`, so the engine's next ticks step only the rollout being timed.
+/// Pauses rollout `id` and lets the engine take it in (an untimed tick clears its wave's
+/// notice), so the next timed tick steps only the rollout being timed.
 async fn pause(app: &TestApp, id: &str) -> Result<()> {
     let (status, body) = app
         .call(Method::POST, &format!("/v1/rollouts/{id}/pause"), None)
         .await;
     anyhow::ensure!(status.is_success(), "pausing rollout {id}: {body}");
+    app.engine.tick(chrono::Utc::now()).await?;
     Ok(())
 }
