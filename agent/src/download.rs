@@ -27,14 +27,22 @@ pub const LOW_SPEED_TIMEOUT: Duration = Duration::from_secs(30);
 const READ_BUFFER: usize = 256 * 1024;
 /// Bytes of the body gathered before they are written to the slot.
 const WRITE_BUFFER: usize = 1 << 20;
-/// A piece of the body smaller than this means the socket was drained as soon as data
-/// arrived: the download then waits [`COALESCE_WAIT`] before reading again, so the next read
-/// takes what gathered meanwhile (the kernel buffers it; the TCP window stays open) instead
-/// of waking for every few KiB. On this project's machine that let a local S3 server send
-/// faster (the agent and the server share two cores) and costs a slow link nothing.
-const COALESCE_BELOW: usize = 64 * 1024;
-/// See [`COALESCE_BELOW`].
+/// How long the download waits before reading again once the socket was drained (see
+/// [`drained`]): the next read then takes what gathered meanwhile (the kernel buffers it and
+/// the TCP window stays open) instead of waking for every few KiB. On this project's machine
+/// that let a local S3 server send faster (the agent and the server share two cores); a slow
+/// link loses nothing and a Pi wakes less often.
 const COALESCE_WAIT: Duration = Duration::from_millis(1);
+/// Pieces must have reached this size before a small one counts as drained: over TLS every
+/// piece is at most one record (16 KiB) whether or not more is waiting, so a download over
+/// TLS never waits.
+const COALESCE_LARGEST: usize = 32 * 1024;
+
+/// Whether a piece of `len` bytes, after pieces of up to `largest`, says the read took
+/// whatever had arrived on a drained socket: a small part of what one read has taken.
+fn drained(len: usize, largest: usize) -> bool {
+    largest >= COALESCE_LARGEST && len < largest / 4
+}
 
 /// Why a download attempt stopped.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +140,7 @@ pub async fn fetch(
     let mut readback = Readback::start(slot, from, size)?;
     let mut written = from;
     let mut stream = response.bytes_stream();
+    let mut largest = 0;
     let ended = loop {
         let next = match tokio::time::timeout(LOW_SPEED_TIMEOUT, stream.next()).await {
             Ok(next) => next,
@@ -166,9 +175,10 @@ pub async fn fetch(
             }
         }
         readback.report(&mut progress, &mut synced);
-        if chunk.len() < COALESCE_BELOW && written < size {
+        if drained(chunk.len(), largest) && written < size {
             tokio::time::sleep(COALESCE_WAIT).await;
         }
+        largest = largest.max(chunk.len());
         if readback.stopped() {
             // Its error comes out of `finish` below.
             break Err(Stop::Io(std::io::Error::other(
@@ -298,4 +308,20 @@ fn hash_until(
         at += n as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_small_piece_after_large_ones_counts_as_drained() {
+        // Plain HTTP: reads take what the socket holds, up to hyper's buffer.
+        assert!(!drained(8 * 1024, 0), "nothing to compare with yet");
+        assert!(drained(16 * 1024, 400 * 1024));
+        assert!(!drained(200 * 1024, 400 * 1024));
+        // TLS: one record per piece at most, full or not; never a wait.
+        assert!(!drained(16 * 1024, 16 * 1024));
+        assert!(!drained(512, 16 * 1024));
+    }
 }
