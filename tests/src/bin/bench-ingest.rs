@@ -1,8 +1,9 @@
 //! Benchmark P2: device updates ingested through the broker into PostgreSQL. Many MQTT
 //! clients publish shadow updates (the path a job update takes too: a job report is the
-//! `reported.ota` section of one) to the machine's Mosquitto; the service's bridge applies
-//! each in a transaction and answers on `…/update/accepted`. The broker is a Mosquitto of
-//! the benchmark's own with the message limits `fleetwave broker config` writes. The baseline is the raw
+//! `reported.ota` section of one) to a Mosquitto of the benchmark's own, with the message
+//! limits `fleetwave broker config` writes; `fleetwave serve`, a process of its own as
+//! deployed, applies each in a transaction and answers on `…/update/accepted` and
+//! `…/update/documents`. The baseline is the raw
 //! publish → subscribe rate of the same broker: the same clients publish the same payloads
 //! to other topics and one subscriber counts them. Lost messages are counted for both (an
 //! applied update raises its shadow's version by one).
@@ -19,8 +20,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use fleetwave::mqtt::bridge;
-use fleetwave_tests::harness::app::{Backend, TestApp};
 use fleetwave_tests::harness::broker::PlainBroker;
+use fleetwave_tests::harness::mqtt::TestMqtt;
+use fleetwave_tests::harness::postgres::TestDb;
+use fleetwave_tests::harness::s3::TestBucket;
+use fleetwave_tests::harness::service::ServiceProcess;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use sea_orm::{ConnectionTrait, Statement};
 
@@ -46,7 +50,26 @@ async fn main() -> Result<()> {
     fleetwave::telemetry::init();
     // A Mosquitto of the benchmark's own with the limits `fleetwave broker config` writes.
     let broker = PlainBroker::start().await?;
-    let app = TestApp::spawn_with(broker.service_options(Backend::Postgres)).await?;
+    // The service as a process of its own (`fleetwave serve`, as deployed), on the
+    // benchmark's broker and a fresh database.
+    let db = TestDb::new().await?;
+    let bucket = TestBucket::new().await?;
+    let mut mqtt = TestMqtt::new();
+    mqtt.port = broker.port;
+    let dir = tempfile::tempdir()?;
+    let keys = dir.path().join("trusted.pub");
+    std::fs::write(
+        &keys,
+        fleetwave_artifacts::SecretKey::generate()?
+            .public()
+            .to_line(),
+    )?;
+    let service = ServiceProcess::start("ingest", &db.url, &bucket, &mqtt, &keys, dir.path())?;
+    service.ready().await?;
+    let app = Bench {
+        db: db.conn.clone(),
+        mqtt,
+    };
     app.db
         .execute_unprepared(&format!(
             "INSERT INTO devices (id, serial, hardware, attributes, firmware_version, firmware_key, created_at, updated_at) \
@@ -200,7 +223,7 @@ struct Echo {
 }
 
 impl Echo {
-    async fn connect(app: &TestApp) -> Result<Self> {
+    async fn connect(app: &Bench) -> Result<Self> {
         let prefix = format!("{}/echo", app.mqtt.prefix);
         let mut options = app.mqtt.options("echo-service");
         options
@@ -281,6 +304,12 @@ impl Echo {
     }
 }
 
+/// What the benchmark's clients reach: the service's database and its broker namespace.
+struct Bench {
+    db: sea_orm::DatabaseConnection,
+    mqtt: TestMqtt,
+}
+
 /// A pause between phases, so one phase's last answers are through the broker before the
 /// next phase's clock starts.
 async fn settle() {
@@ -289,7 +318,7 @@ async fn settle() {
 
 /// `n` connected publisher clients (one per device), their event loops polled in the
 /// background.
-async fn connect_publishers(app: &TestApp, n: usize) -> Result<Vec<AsyncClient>> {
+async fn connect_publishers(app: &Bench, n: usize) -> Result<Vec<AsyncClient>> {
     let mut clients = Vec::with_capacity(n);
     for i in 0..n {
         let mut options = app.mqtt.options(&format!("pub-{i}"));
@@ -331,7 +360,7 @@ fn publish_all(clients: &[AsyncClient], messages: usize, topic: impl Fn(usize) -
 }
 
 /// Updates applied so far: the sum of the shadows' versions.
-async fn versions(app: &TestApp) -> Result<u64> {
+async fn versions(app: &Bench) -> Result<u64> {
     let row = app
         .db
         .query_one_raw(Statement::from_string(
