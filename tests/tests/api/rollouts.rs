@@ -90,12 +90,20 @@ async fn static_group(app: &TestApp, name: &str, ids: &[String]) {
     assert!(status.is_success(), "{body}");
 }
 
-async fn rig(
-    n: usize,
-    targeting: Targeting,
-    behaviour: impl Fn(usize) -> Behaviour,
-    mut options: Options,
-) -> Rig {
+/// Creates the dynamic group `berlin` (`attributes.site = "berlin"`).
+async fn berlin_group(app: &TestApp) {
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/v1/groups",
+            Some(json!({"name": "berlin", "query": "attributes.site = \"berlin\""})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+/// A service on `options` trusting a fresh key, with release 2.0.0 signed by it uploaded.
+async fn app_with_release(mut options: Options) -> (TestApp, Value) {
     let key = SecretKey::generate().unwrap();
     options.trusted_keys = vec![key.public()];
     let app = TestApp::spawn_with(options).await.unwrap();
@@ -107,20 +115,21 @@ async fn rig(
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{release}");
+    (app, release)
+}
+
+async fn rig(
+    n: usize,
+    targeting: Targeting,
+    behaviour: impl Fn(usize) -> Behaviour,
+    options: Options,
+) -> Rig {
+    let (app, release) = app_with_release(options).await;
     let ids: Vec<String> = (0..n).map(id).collect();
     register(&app, &ids, "berlin").await;
     match targeting {
         Targeting::StaticGroup => static_group(&app, "fleet", &ids).await,
-        Targeting::DynamicGroup => {
-            let (status, body) = app
-                .call(
-                    Method::POST,
-                    "/v1/groups",
-                    Some(json!({"name": "berlin", "query": "attributes.site = \"berlin\""})),
-                )
-                .await;
-            assert_eq!(status, StatusCode::CREATED, "{body}");
-        }
+        Targeting::DynamicGroup => berlin_group(&app).await,
         Targeting::List => {}
     }
     let members = ids
@@ -1452,28 +1461,10 @@ async fn the_row_by_row_fanout_on_sqlite_agrees_with_the_rust_rules() {
 /// must not join the rollout a second time (the job's history, which outlives the device,
 /// says it was queued), on either backend.
 async fn a_queued_device_registered_again_does_not_join_twice(backend: Backend) {
-    let key = SecretKey::generate().unwrap();
-    let mut options = Options::new(backend);
-    options.trusted_keys = vec![key.public()];
-    let app = TestApp::spawn_with(options).await.unwrap();
-    let bytes = image(2048, 7);
-    let (status, release) = upload(
-        &app,
-        sign(manifest(&bytes, "2.0.0", -60, 7 * 86_400), &key),
-        bytes,
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{release}");
+    let (app, release) = app_with_release(Options::new(backend)).await;
     let ids: Vec<String> = (0..10).map(id).collect();
     register(&app, &ids, "berlin").await;
-    let (status, body) = app
-        .call(
-            Method::POST,
-            "/v1/groups",
-            Some(json!({"name": "berlin", "query": "attributes.site = \"berlin\""})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    berlin_group(&app).await;
     let spec = json!({"release": release["id"], "target": {"group": "berlin"},
         "waves": [{"size": {"percent": 100}, "soak_secs": 3600}]});
     let (status, rollout) = app.call(Method::POST, "/v1/rollouts", Some(spec)).await;
