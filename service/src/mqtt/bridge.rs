@@ -40,8 +40,9 @@ pub const REPLY_QOS: QoS = QoS::AtMostOnce;
 /// A batch's answers, one per message (none for a message on an unknown topic).
 type Answers = Vec<Option<(DeviceId, Request, Answer)>>;
 /// Most messages waiting for the handler before QoS 0 ones are dropped. fleetwave's devices
-/// publish at QoS 1, which the broker's in-flight window bounds; nothing bounds QoS 0, so a
-/// device flooding at QoS 0 must not grow the service's memory without end.
+/// publish at QoS 1, which the broker's in-flight window is meant to bound (Debian 12's
+/// Mosquitto 2.0.11 did not: see below); nothing bounds QoS 0, so a device flooding at QoS 0
+/// must not grow the service's memory without end.
 const MAX_WAITING_QOS0: usize = 4096;
 
 /// A cheap, cloneable handle for publishing to devices.
@@ -103,9 +104,11 @@ impl Bridge {
         // The event loop never waits for the handler: it must keep polling so that the
         // handler's answers and acknowledgements go out (with a bounded queue, a full queue
         // stalled both for good). The queue holds what the broker sent and the handler has
-        // not committed yet, which the broker's in-flight window bounds (`max_inflight_messages`
-        // in the configuration `fleetwave broker config` writes) and, for QoS 0,
-        // [`MAX_WAITING_QOS0`].
+        // not committed yet, which the broker's in-flight window should bound
+        // (`max_inflight_messages` in the configuration `fleetwave broker config` writes) and,
+        // for QoS 0, [`MAX_WAITING_QOS0`]. Debian 12's Mosquitto (2.0.11, whose in-flight
+        // accounting was reworked in 2.0.13) sent past it: in the ingestion benchmark up to
+        // 93 000 messages waited here, about 50 MiB (BENCHMARKS.md, P2).
         let (tx, rx) = mpsc::unbounded_channel::<Publish>();
         let waiting = Arc::new(AtomicUsize::new(0));
         let counted = waiting.clone();
