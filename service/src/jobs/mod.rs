@@ -186,7 +186,20 @@ pub(crate) async fn record_history(
     from: Option<&str>,
     device: &devices::Model,
 ) -> Result<(), DbErr> {
-    execution_history::Entity::insert(execution_history::ActiveModel {
+    execution_history::Entity::insert(history_row(execution, from, device))
+        .exec_without_returning(txn)
+        .await?;
+    Ok(())
+}
+
+/// The history row of `execution` having just come from state `from` (none when it was
+/// queued), with `device`'s hardware and firmware at that moment.
+pub(crate) fn history_row(
+    execution: &job_executions::Model,
+    from: Option<&str>,
+    device: &devices::Model,
+) -> execution_history::ActiveModel {
+    execution_history::ActiveModel {
         id: sea_orm::ActiveValue::NotSet,
         job_id: Set(execution.job_id.clone()),
         device_id: Set(execution.device_id.clone()),
@@ -199,10 +212,7 @@ pub(crate) async fn record_history(
         hardware: Set(device.hardware.clone()),
         firmware_version: Set(device.firmware_version.clone()),
         at: Set(execution.updated_at),
-    })
-    .exec_without_returning(txn)
-    .await?;
-    Ok(())
+    }
 }
 
 /// The pure rule of [`transition`]: may `change` follow an execution in `from`, whose stored

@@ -542,29 +542,18 @@ impl Engine {
                 match verdict {
                     Err((code, detail)) => incompatible.push((target, code, detail)),
                     Ok(()) => {
-                        let device = &found[&target.device_id];
-                        executions.push(job_executions::ActiveModel::from(
-                            job_executions::Model::queued(
-                                row.job_id.clone(),
-                                target.device_id.clone(),
-                                now,
-                                Some((row.id.clone(), target.wave)),
-                            ),
+                        let execution = job_executions::Model::queued(
+                            row.job_id.clone(),
+                            target.device_id.clone(),
+                            now,
+                            Some((row.id.clone(), target.wave)),
+                        );
+                        history.push(jobs::history_row(
+                            &execution,
+                            None,
+                            &found[&target.device_id],
                         ));
-                        history.push(execution_history::ActiveModel {
-                            id: sea_orm::ActiveValue::NotSet,
-                            job_id: Set(row.job_id.clone()),
-                            device_id: Set(target.device_id.clone()),
-                            execution_number: Set(1),
-                            from_state: Set(None),
-                            to_state: Set(ExecutionState::Queued.as_str().to_owned()),
-                            step: Set(None),
-                            progress: Set(None),
-                            error_code: Set(None),
-                            hardware: Set(device.hardware.clone()),
-                            firmware_version: Set(device.firmware_version.clone()),
-                            at: Set(now),
-                        });
+                        executions.push(job_executions::ActiveModel::from(execution));
                         queued_here.push(target.device_id.clone());
                         queued.push(target);
                     }
