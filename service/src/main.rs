@@ -5,6 +5,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of the C library's allocator: the shadow handler allocates and frees
+/// small JSON values for every device message, and glibc's malloc and free took about a
+/// third of the service's CPU time in the ingestion benchmark (P2, BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // sea-orm's and object_store's TLS stacks would otherwise disagree on the provider.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

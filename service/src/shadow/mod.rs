@@ -420,8 +420,12 @@ async fn follow_report(
             });
         }
     }
+    // Looked up level by level: `Value::pointer` allocates a string per level, on every
+    // device update.
     if let Some(ota) = request
-        .pointer("/state/reported/ota")
+        .get("state")
+        .and_then(|state| state.get("reported"))
+        .and_then(|reported| reported.get("ota"))
         .filter(|v| !v.is_null())
     {
         match serde_json::from_value::<OtaReport>(ota.clone()) {

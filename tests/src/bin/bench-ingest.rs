@@ -10,7 +10,10 @@
 //!
 //! Rounds alternate (`--rounds`, default 3): raw, then the database-free ceiling, then
 //! fleetwave, each round with the same clients; the fastest of each counts, every round's
-//! ratio is printed, and a message lost in any round fails the run.
+//! ratio is printed, and a message lost in any round fails the run. The CPU time each part
+//! used per update over all rounds (the broker, the service, PostgreSQL, this process's
+//! clients) is printed too: the two cores are shared, so what the service and the database
+//! use is taken from the broker.
 //!
 //! `scripts/bench.sh` runs it with 100 clients × 1000 updates (and 100 × 100, a burst); CI
 //! runs a smoke run.
@@ -23,6 +26,7 @@ use fleetwave::mqtt::bridge;
 use fleetwave_tests::harness::broker::PlainBroker;
 use fleetwave_tests::harness::mqtt::TestMqtt;
 use fleetwave_tests::harness::postgres::TestDb;
+use fleetwave_tests::harness::proc;
 use fleetwave_tests::harness::s3::TestBucket;
 use fleetwave_tests::harness::service::ServiceProcess;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
@@ -120,9 +124,16 @@ async fn main() -> Result<()> {
     let (mut raw, mut echoed, mut ingest) = (Duration::MAX, Duration::MAX, Duration::MAX);
     let (mut raw_lost, mut echo_lost, mut lost) = (0u64, 0u64, 0u64);
     let mut ratios = Vec::with_capacity(rounds);
+    let parts = Parts {
+        broker: broker.pid().context("the broker's process")?,
+        service: service.pid().context("the service's process")?,
+    };
+    let (mut raw_cpu, mut echo_cpu, mut ingest_cpu) =
+        (Cpu::default(), Cpu::default(), Cpu::default());
     for _ in 0..rounds {
         // Baseline: the same publishers and payloads, one plain subscriber counting.
         let before = counted.load(std::sync::atomic::Ordering::Relaxed);
+        let cpu = parts.cpu();
         let started = Instant::now();
         publish_all(&publishers, messages, |i| {
             format!("{prefix}/raw/things/dev-{i}/shadow/update")
@@ -142,16 +153,20 @@ async fn main() -> Result<()> {
             }
         }
         let raw_round = last.duration_since(started);
+        raw_cpu.add(parts.cpu().since(&cpu));
         raw_lost += total - received.min(total);
         settle().await;
 
         // The protocol's ceiling: the same updates answered by a client without a database.
+        let cpu = parts.cpu();
         let (echo_round, handled) = echo.run(&publishers, messages, total).await?;
+        echo_cpu.add(parts.cpu().since(&cpu));
         echo_lost += total - handled.min(total);
         settle().await;
 
         // fleetwave: the same updates on the devices' shadow topics, applied in PostgreSQL.
         let before = versions(&app).await?;
+        let cpu = parts.cpu();
         let started = Instant::now();
         publish_all(&publishers, messages, |i| {
             format!("{prefix}/things/dev-{i}/shadow/update")
@@ -170,6 +185,7 @@ async fn main() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let ingest_round = last.duration_since(started);
+        ingest_cpu.add(parts.cpu().since(&cpu));
         lost += total - applied.min(total);
         ratios.push(format!(
             "{:.0} %",
@@ -204,6 +220,18 @@ async fn main() -> Result<()> {
         100.0 * rate(total, ingest) / rate(total, raw),
         ratios.join(", "),
     );
+    let updates = (total * rounds as u64) as f64;
+    println!();
+    println!(
+        "CPU time per update over all rounds, µs (the broker, the service, PostgreSQL, this process's clients; all):"
+    );
+    for (phase, cpu) in [
+        ("raw pub → sub", &raw_cpu),
+        ("answered without a database", &echo_cpu),
+        ("through fleetwave", &ingest_cpu),
+    ] {
+        println!("- {phase}: {}", cpu.per_update(updates));
+    }
     anyhow::ensure!(
         raw_lost == 0 && echo_lost == 0 && lost == 0,
         "messages were lost: {raw_lost} raw, {echo_lost} by the ceiling's client, {lost} through fleetwave"
@@ -301,6 +329,64 @@ impl Echo {
             last = Instant::now();
         }
         Ok((last.duration_since(started), handled))
+    }
+}
+
+/// The processes whose CPU time is counted.
+struct Parts {
+    broker: u32,
+    service: u32,
+}
+
+impl Parts {
+    /// The CPU time each part has used so far.
+    fn cpu(&self) -> Cpu {
+        Cpu {
+            broker: proc::cpu_seconds(self.broker).unwrap_or(0.0),
+            service: proc::cpu_seconds(self.service).unwrap_or(0.0),
+            postgres: proc::cpu_seconds_of("postgres"),
+            clients: proc::cpu_seconds(std::process::id()).unwrap_or(0.0),
+        }
+    }
+}
+
+/// CPU seconds by part: the broker, the service, PostgreSQL (all its processes) and this
+/// process (the publishers, the counting subscriber and the echo client).
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    broker: f64,
+    service: f64,
+    postgres: f64,
+    clients: f64,
+}
+
+impl Cpu {
+    fn since(&self, before: &Cpu) -> Cpu {
+        Cpu {
+            broker: self.broker - before.broker,
+            service: self.service - before.service,
+            postgres: self.postgres - before.postgres,
+            clients: self.clients - before.clients,
+        }
+    }
+
+    fn add(&mut self, other: Cpu) {
+        self.broker += other.broker;
+        self.service += other.service;
+        self.postgres += other.postgres;
+        self.clients += other.clients;
+    }
+
+    fn per_update(&self, updates: f64) -> String {
+        let us = |s: f64| 1e6 * s / updates;
+        format!(
+            "broker {:.1}, service {:.1}, PostgreSQL {:.1}, clients {:.1}; all {:.1}",
+            us(self.broker),
+            us(self.service),
+            us(self.postgres),
+            us(self.clients),
+            us(self.broker + self.service + self.postgres + self.clients)
+        )
     }
 }
 

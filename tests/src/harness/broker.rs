@@ -124,7 +124,7 @@ pub struct PlainBroker {
     /// Its port.
     pub port: u16,
     _tmp: tempfile::TempDir,
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
 }
 
 impl PlainBroker {
@@ -147,8 +147,13 @@ impl PlainBroker {
         Ok(PlainBroker {
             port,
             _tmp: tmp,
-            _child: child,
+            child,
         })
+    }
+
+    /// The broker's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 }
 

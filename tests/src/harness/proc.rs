@@ -1,4 +1,4 @@
-//! Memory of a running process, read from /proc: what the benchmarks report.
+//! Memory and CPU time of running processes, read from /proc: what the benchmarks report.
 
 use anyhow::{Context, Result};
 
@@ -63,3 +63,43 @@ impl PeakSampler {
         self.peak.load(Ordering::Relaxed)
     }
 }
+
+/// The CPU time process `pid` has used so far (user and system, all its threads), in
+/// seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) is in parentheses and may hold spaces: fields are counted
+    // from after its closing one, where field 3 (the state) starts.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("/proc/{pid}/stat: {stat}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("/proc/{pid}/stat: field {i}"))
+    };
+    Ok((ticks(14)? + ticks(15)?) as f64 / USER_HZ)
+}
+
+/// The CPU time, in seconds, of every running process whose command name is `name` (the
+/// database server's processes, say): processes that ended meanwhile are not counted.
+pub fn cpu_seconds_of(name: &str) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .filter_map(|pid| cpu_seconds(pid).ok())
+        .sum()
+}
+
+/// The unit of /proc's CPU times: USER_HZ, which Linux keeps at 100 ticks a second for
+/// every program whatever the kernel's own tick rate (`sysconf(_SC_CLK_TCK)` returns it).
+const USER_HZ: f64 = 100.0;
