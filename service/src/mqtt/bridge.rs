@@ -39,11 +39,18 @@ pub const REQUEST_BATCH: usize = 256;
 pub const REPLY_QOS: QoS = QoS::AtMostOnce;
 /// A batch's answers, one per message (none for a message on an unknown topic).
 type Answers = Vec<Option<(DeviceId, Request, Answer)>>;
-/// Most messages waiting for the handler before QoS 0 ones are dropped. fleetwave's devices
-/// publish at QoS 1, which the broker's in-flight window is meant to bound (Debian 12's
-/// Mosquitto 2.0.11 did not: see below); nothing bounds QoS 0, so a device flooding at QoS 0
-/// must not grow the service's memory without end.
+/// Most messages waiting for the handler before QoS 0 ones are dropped: a device flooding at
+/// QoS 0 must not grow the service's memory without end, nor hold up other devices'
+/// requests behind its flood.
 const MAX_WAITING_QOS0: usize = 4096;
+/// Most messages waiting for the handler before the service stops reading from the broker,
+/// which then keeps the rest (fleetwave's devices publish at QoS 1, and the broker queues
+/// for the service's persistent session). Above [`MAX_WAITING_QOS0`], so that a QoS 0 flood
+/// is shed rather than held up in the broker with everything behind it. The broker's
+/// in-flight window was meant to bound this queue, but Debian 12's Mosquitto (2.0.11, whose
+/// in-flight accounting was reworked in 2.0.13) sent far past it: in the ingestion
+/// benchmark up to 93 000 messages waited here, about 50 MiB (BENCHMARKS.md, P2).
+const MAX_WAITING: usize = 16_384;
 
 /// A cheap, cloneable handle for publishing to devices.
 #[derive(Clone)]
@@ -94,6 +101,9 @@ impl Bridge {
             // A batch's answers and acknowledgements leave in a few writes, not one each
             // (`vendor/rumqttc`).
             .set_max_request_batch(REQUEST_BATCH);
+        let waiting = Arc::new(AtomicUsize::new(0));
+        // Flow control of the service's own (the vendored rumqttc's read pause).
+        options.set_read_pause(waiting.clone(), MAX_WAITING);
         if !parsed.username().is_empty() {
             options.set_credentials(parsed.username(), parsed.password().unwrap_or(""));
         }
@@ -104,13 +114,10 @@ impl Bridge {
         // The event loop never waits for the handler: it must keep polling so that the
         // handler's answers and acknowledgements go out (with a bounded queue, a full queue
         // stalled both for good). The queue holds what the broker sent and the handler has
-        // not committed yet, which the broker's in-flight window should bound
-        // (`max_inflight_messages` in the configuration `fleetwave broker config` writes) and,
-        // for QoS 0, [`MAX_WAITING_QOS0`]. Debian 12's Mosquitto (2.0.11, whose in-flight
-        // accounting was reworked in 2.0.13) sent past it: in the ingestion benchmark up to
-        // 93 000 messages waited here, about 50 MiB (BENCHMARKS.md, P2).
+        // not committed yet: past [`MAX_WAITING_QOS0`] QoS 0 messages are dropped, and at
+        // [`MAX_WAITING`] the event loop stops reading (the handler's acknowledgements wake
+        // it to look again).
         let (tx, rx) = mpsc::unbounded_channel::<Publish>();
-        let waiting = Arc::new(AtomicUsize::new(0));
         let counted = waiting.clone();
         let filters = topics.service_filters();
         let subscriber = client.clone();

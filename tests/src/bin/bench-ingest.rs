@@ -13,7 +13,7 @@
 //! ratio is printed, and a message lost in any round fails the run. The CPU time each part
 //! used per update over all rounds (the broker, the service, PostgreSQL, this process's
 //! clients) is printed too: the two cores are shared, so what the service and the database
-//! use is taken from the broker.
+//! use is taken from the broker. So is the service's peak RSS (sampled every 5 ms).
 //!
 //! `scripts/bench.sh` runs it with 100 clients × 1000 updates (and 100 × 100, a burst); CI
 //! runs a smoke run.
@@ -130,6 +130,7 @@ async fn main() -> Result<()> {
     };
     let (mut raw_cpu, mut echo_cpu, mut ingest_cpu) =
         (Cpu::default(), Cpu::default(), Cpu::default());
+    let service_rss = proc::PeakSampler::start(parts.service, Duration::from_millis(5));
     for _ in 0..rounds {
         // Baseline: the same publishers and payloads, one plain subscriber counting.
         let before = counted.load(std::sync::atomic::Ordering::Relaxed);
@@ -198,6 +199,7 @@ async fn main() -> Result<()> {
     }
     drop(counter);
     counter_loop.abort();
+    let service_peak_kib = service_rss.stop();
 
     let profile = if cfg!(debug_assertions) {
         "dev"
@@ -232,6 +234,10 @@ async fn main() -> Result<()> {
     ] {
         println!("- {phase}: {}", cpu.per_update(updates));
     }
+    println!(
+        "`fleetwave serve`'s peak RSS: {:.1} MiB",
+        service_peak_kib as f64 / 1024.0
+    );
     anyhow::ensure!(
         raw_lost == 0 && echo_lost == 0 && lost == 0,
         "messages were lost: {raw_lost} raw, {echo_lost} by the ceiling's client, {lost} through fleetwave"

@@ -3,6 +3,7 @@
 
 mod audit;
 mod auth;
+mod bridge;
 mod cli;
 mod devices;
 mod groups;

@@ -187,6 +187,12 @@ impl EventLoop {
         // let await_acks = self.state.await_acks;
         let inflight_full = self.state.inflight >= self.mqtt_options.inflight;
         let collision = self.state.collision.is_some();
+        // fleetwave: no reading while the application's backlog is at its limit, unless an
+        // acknowledgement or a ping's answer is awaited (`MqttOptions::set_read_pause`).
+        let read = !self.mqtt_options.read_paused()
+            || inflight_full
+            || collision
+            || self.state.await_pingresp;
         let network_timeout = Duration::from_secs(self.network_options.connection_timeout());
 
         // Read buffered events from previous polls before calling a new poll
@@ -199,7 +205,7 @@ impl EventLoop {
         // instead of returning a None event, we try again.
         select! {
             // Pull a bunch of packets from network, reply in bunch and yield the first item
-            o = network.readb(&mut self.state) => {
+            o = network.readb(&mut self.state), if read => {
                 o?;
                 // flush all the acks and return first incoming packet
                 match time::timeout(network_timeout, network.flush()).await {

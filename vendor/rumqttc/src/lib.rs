@@ -477,6 +477,8 @@ pub struct MqttOptions {
     request_channel_capacity: usize,
     /// Max internal request batching
     max_request_batch: usize,
+    /// fleetwave: reads from the network pause while this count is at or above this limit
+    read_pause: Option<(std::sync::Arc<std::sync::atomic::AtomicUsize>, usize)>,
     /// Minimum delay time between consecutive outgoing packets
     /// while retransmitting pending packets
     pending_throttle: Duration,
@@ -517,6 +519,7 @@ impl MqttOptions {
             max_outgoing_packet_size: 10 * 1024,
             request_channel_capacity: 10,
             max_request_batch: 0,
+            read_pause: None,
             pending_throttle: Duration::from_micros(0),
             inflight: 100,
             last_will: None,
@@ -690,6 +693,29 @@ impl MqttOptions {
     /// fleetwave: most requests written per flush of the network.
     pub fn max_request_batch(&self) -> usize {
         self.max_request_batch
+    }
+
+    /// fleetwave: the event loop stops reading from the network while `count` (incoming
+    /// messages the application has not handled yet, say) is at or above `limit`, so the
+    /// broker keeps what the application cannot take yet. It keeps writing requests (the
+    /// application's acknowledgements among them) and pinging, and reads anyway while its
+    /// own publishes fill the in-flight window or a ping awaits its answer (their
+    /// acknowledgements would never arrive otherwise). The count is read whenever the event
+    /// loop is polled: a request, such as an acknowledgement, wakes it.
+    pub fn set_read_pause(
+        &mut self,
+        count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        limit: usize,
+    ) -> &mut Self {
+        self.read_pause = Some((count, limit));
+        self
+    }
+
+    /// fleetwave: whether reads are paused now (see [`MqttOptions::set_read_pause`]).
+    pub fn read_paused(&self) -> bool {
+        self.read_pause.as_ref().is_some_and(|(count, limit)| {
+            count.load(std::sync::atomic::Ordering::Relaxed) >= *limit
+        })
     }
 
     /// Enables throttling and sets outoing message rate to the specified 'rate'
@@ -938,6 +964,7 @@ impl Debug for MqttOptions {
             .field("max_packet_size", &self.max_incoming_packet_size)
             .field("request_channel_capacity", &self.request_channel_capacity)
             .field("max_request_batch", &self.max_request_batch)
+            .field("read_pause", &self.read_pause)
             .field("pending_throttle", &self.pending_throttle)
             .field("inflight", &self.inflight)
             .field("last_will", &self.last_will)
