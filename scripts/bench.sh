@@ -23,8 +23,8 @@ echo
 echo "## Ingestion (P2): device updates through Mosquitto into PostgreSQL"
 # 100 000 updates (steady state), then 10 000 (a burst, whose raw baseline lasts about 0.1 s).
 cargo run "${profile[@]}" --quiet -p fleetwave-tests --bin bench-ingest -- --clients 100 --messages 1000
-# The burst's table row (line 3) and its CPU times and peak RSS (after the blank line).
-cargo run "${profile[@]}" --quiet -p fleetwave-tests --bin bench-ingest -- --clients 100 --messages 100 | sed -n '3p;5,$p'
+echo
+cargo run "${profile[@]}" --quiet -p fleetwave-tests --bin bench-ingest -- --clients 100 --messages 100
 echo
 echo "## Agent pipeline (P3): download + sync + read-back sha256"
 cargo run "${profile[@]}" --quiet -p fleetwave-tests --bin bench-agent -- --size-mib 64 --size-mib 1024

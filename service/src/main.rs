@@ -8,8 +8,9 @@ use clap::Parser;
 /// mimalloc instead of the C library's allocator: the shadow handler allocates and frees
 /// small JSON values for every device message, and glibc's malloc and free took about a
 /// third of the service's CPU time in the ingestion benchmark (P2, BENCHMARKS.md). Built
-/// without transparent huge pages (`no_thp`): with them its arenas held 2 MiB pages, and the
-/// service's RSS at 1M devices (P5) rose from 103 to 139 MiB, for no CPU time saved.
+/// with `no_thp`, so that it does not ask for transparent huge pages for its arenas: with
+/// them (THP in `madvise` mode, as here) the service's RSS at 1M devices (P5) rose from 103 to
+/// 139 MiB, for no CPU time saved. A host with THP `always` still hands them out.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -225,7 +225,7 @@ async fn main() -> Result<()> {
     let updates = (total * rounds as u64) as f64;
     println!();
     println!(
-        "CPU time per update over all rounds, µs (the broker, the service, PostgreSQL, this process's clients; all):"
+        "CPU time per update over all rounds, µs (the broker, the service, PostgreSQL: every postgres process on this machine, this process's clients; all):"
     );
     for (phase, cpu) in [
         ("raw pub → sub", &raw_cpu),

@@ -187,8 +187,9 @@ impl EventLoop {
         // let await_acks = self.state.await_acks;
         let inflight_full = self.state.inflight >= self.mqtt_options.inflight;
         let collision = self.state.collision.is_some();
-        // fleetwave: no reading while the application's backlog is at its limit, unless an
-        // acknowledgement or a ping's answer is awaited (`MqttOptions::set_read_pause`).
+        // fleetwave: no reading while the application's backlog is at its limit, unless our
+        // publishes fill the in-flight window or collided (their acknowledgements are
+        // awaited) or a ping's answer is (`MqttOptions::set_read_pause`).
         let read = !self.mqtt_options.read_paused()
             || inflight_full
             || collision

@@ -699,9 +699,10 @@ impl MqttOptions {
     /// messages the application has not handled yet, say) is at or above `limit`, so the
     /// broker keeps what the application cannot take yet. It keeps writing requests (the
     /// application's acknowledgements among them) and pinging, and reads anyway while its
-    /// own publishes fill the in-flight window or a ping awaits its answer (their
-    /// acknowledgements would never arrive otherwise). The count is read whenever the event
-    /// loop is polled: a request, such as an acknowledgement, wakes it.
+    /// own publishes fill the in-flight window or collided, or a ping awaits its answer
+    /// (their acknowledgements would never arrive otherwise): the limit is approximate,
+    /// exceeded by what arrives meanwhile. The count is read whenever the event loop is
+    /// polled: a request, such as an acknowledgement, wakes it.
     pub fn set_read_pause(
         &mut self,
         count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
