@@ -13,6 +13,7 @@ use sea_orm::{
     TransactionTrait,
 };
 use serde_json::Value;
+use std::collections::HashMap;
 
 use crate::audit::{self, Actor};
 use crate::jobs;
@@ -157,10 +158,10 @@ fn update_answers(updated: document::Updated) -> Vec<Outgoing> {
 
 /// Handles a run of update requests devices sent (in arrival order) inside the caller's
 /// transaction, as [`handle`] would one by one, with set-based statements on PostgreSQL:
-/// one locks every device of the run, one reads their shadows, one writes every changed
-/// shadow back. What follows from a report (the registry's firmware version, an execution's
-/// transition) is then applied request by request, in order. Answers come back in the
-/// requests' order.
+/// one locks and reads the run's shadows, one writes every changed shadow back (devices
+/// without a shadow yet take two more). What follows from a report (the registry's
+/// firmware version, an execution's transition) is then applied request by request, in
+/// order. Answers come back in the requests' order.
 pub async fn update_run(
     txn: &impl ConnectionTrait,
     run: &[(&DeviceId, &[u8])],
@@ -177,48 +178,46 @@ pub async fn update_run(
         .iter()
         .map(|(_, payload)| parse_request(ShadowOp::Update, payload))
         .collect();
-    let mut ids: Vec<&str> = run
+    let mut ids: Vec<String> = run
         .iter()
         .zip(&parsed)
         .filter(|(_, p)| p.is_ok())
-        .map(|((thing, _), _)| thing.as_str())
+        .map(|((thing, _), _)| thing.as_str().to_owned())
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    // The run's devices are locked in id order (a batch's other requests lock theirs in
-    // arrival order, so two batches can still deadlock; PostgreSQL then aborts one, which
-    // is retried). Their shadows are read only once the locks are held: read in the same
-    // statement, they would come from the snapshot taken before waiting for a lock, and a
-    // concurrent update would be overwritten.
-    let ids = serde_json::to_string(&ids).expect("ids serialise");
-    let registered = txn
-        .query_all_raw(sea_orm::Statement::from_sql_and_values(
-            backend,
-            "SELECT id FROM devices WHERE id IN (SELECT json_array_elements_text($1::json)) \
-             ORDER BY id FOR UPDATE",
-            vec![ids.clone().into()],
-        ))
-        .await?;
     // Each registered device's current shadow (none yet: `None`), and whether it changed.
-    let mut shadows: std::collections::HashMap<String, (Option<Shadow>, bool)> =
-        std::collections::HashMap::with_capacity(registered.len());
-    for row in registered {
-        shadows.insert(row.try_get_by_index(0)?, (None, false));
-    }
-    let stored = txn
-        .query_all_raw(sea_orm::Statement::from_sql_and_values(
-            backend,
-            "SELECT device_id, document, version FROM shadows \
-             WHERE device_id IN (SELECT json_array_elements_text($1::json))",
-            vec![ids.into()],
-        ))
-        .await?;
-    for row in stored {
-        let id: String = row.try_get_by_index(0)?;
-        let document: String = row.try_get_by_index(1)?;
-        let version: i64 = row.try_get_by_index(2)?;
-        if let Some((current, _)) = shadows.get_mut(&id) {
-            *current = Some(decode_document(&id, &document, version)?);
+    let mut shadows: HashMap<String, Current> = HashMap::with_capacity(ids.len());
+    // The run's shadows are locked in id order and read in the same statement: a row
+    // locked `FOR UPDATE` comes back as its latest committed version, so a concurrent
+    // update is seen, not overwritten. (Another batch's requests lock theirs in arrival
+    // order, so two batches can still deadlock; PostgreSQL then aborts one, which is
+    // retried.) The devices table is not touched: a shadow's row stands for its device,
+    // which cannot be removed while the row is locked (the removal cascades to it).
+    read_locked(txn, &ids, &mut shadows).await?;
+    // Devices without a shadow yet (their first update) or not registered: their device
+    // rows are locked, which is what every writer of a new shadow holds, and the shadows
+    // read again (one may have been created meanwhile).
+    let misses: Vec<String> = ids
+        .into_iter()
+        .filter(|id| !shadows.contains_key(id))
+        .collect();
+    if !misses.is_empty() {
+        let registered = txn
+            .query_all_raw(sea_orm::Statement::from_sql_and_values(
+                backend,
+                "SELECT id FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                vec![misses.into()],
+            ))
+            .await?;
+        let mut new = Vec::with_capacity(registered.len());
+        for row in registered {
+            let id: String = row.try_get_by_index(0)?;
+            shadows.insert(id.clone(), Current::default());
+            new.push(id);
+        }
+        if !new.is_empty() {
+            read_locked(txn, &new, &mut shadows).await?;
         }
     }
     let now = unix_now();
@@ -232,7 +231,12 @@ pub async fn update_run(
                 continue;
             }
         };
-        let Some((current, changed)) = shadows.get_mut(thing.as_str()) else {
+        let Some(Current {
+            shadow: current,
+            changed,
+            ..
+        }) = shadows.get_mut(thing.as_str())
+        else {
             let r = Rejection {
                 code: 404,
                 message: format!("{thing} is not a registered device"),
@@ -250,45 +254,118 @@ pub async fn update_run(
             Err(r) => answers.push(rejected(ShadowOp::Update, &r, token.as_deref())),
         }
     }
-    /// A shadow row as written back.
-    #[derive(serde::Serialize)]
-    struct Row<'a> {
-        device_id: &'a str,
-        document: String,
-        version: i64,
-        updated_at: chrono::DateTime<chrono::Utc>,
-    }
-    let at = crate::db::now();
-    let written: Vec<Row<'_>> = shadows
-        .iter()
-        .filter(|(_, (_, changed))| *changed)
-        .filter_map(|(id, (shadow, _))| {
-            let shadow = shadow.as_ref()?;
-            Some(Row {
-                device_id: id,
-                document: serde_json::to_string(shadow).expect("a shadow serialises"),
-                version: i64::try_from(shadow.version).unwrap_or(i64::MAX),
-                updated_at: at,
-            })
-        })
-        .collect();
-    crate::db::upsert_json_rows(
-        txn,
-        "shadows",
-        &[
-            ("device_id", "text"),
-            ("document", "text"),
-            ("version", "bigint"),
-            ("updated_at", "timestamptz"),
-        ],
-        "device_id",
-        &written,
-    )
-    .await?;
+    write_back(txn, &shadows).await?;
     for (thing, firmware, request) in reports {
         follow_report(txn, thing, firmware, &request).await?;
     }
     Ok(answers)
+}
+
+/// A device's shadow while a run of updates is applied.
+#[derive(Default)]
+struct Current {
+    /// The shadow (None: the device has none yet).
+    shadow: Option<Shadow>,
+    /// Whether an update of the run changed it.
+    changed: bool,
+    /// Whether its row exists (written back with `UPDATE`, else `INSERT`).
+    stored: bool,
+}
+
+/// Reads and locks (`FOR UPDATE`, in id order) the stored shadows of `ids` into `into`.
+async fn read_locked(
+    txn: &impl ConnectionTrait,
+    ids: &[String],
+    into: &mut HashMap<String, Current>,
+) -> Result<(), DbErr> {
+    let rows = txn
+        .query_all_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT device_id, document, version FROM shadows WHERE device_id = ANY($1) \
+             ORDER BY device_id FOR UPDATE",
+            vec![ids.to_vec().into()],
+        ))
+        .await?;
+    for row in rows {
+        let id: String = row.try_get_by_index(0)?;
+        let document: String = row.try_get_by_index(1)?;
+        let version: i64 = row.try_get_by_index(2)?;
+        let shadow = decode_document(&id, &document, version)?;
+        into.insert(
+            id,
+            Current {
+                shadow: Some(shadow),
+                changed: false,
+                stored: true,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Writes the changed shadows of a run back: one `UPDATE` for the stored ones, one
+/// `INSERT` for the new ones, each column bound as a PostgreSQL array (no JSON to build
+/// here, nor for the database to parse).
+async fn write_back(
+    txn: &impl ConnectionTrait,
+    shadows: &HashMap<String, Current>,
+) -> Result<(), DbErr> {
+    /// One array per column.
+    #[derive(Default)]
+    struct Columns {
+        ids: Vec<String>,
+        documents: Vec<String>,
+        versions: Vec<i64>,
+    }
+    let (mut updated, mut inserted) = (Columns::default(), Columns::default());
+    for (id, current) in shadows {
+        let (true, Some(shadow)) = (current.changed, current.shadow.as_ref()) else {
+            continue;
+        };
+        let columns = if current.stored {
+            &mut updated
+        } else {
+            &mut inserted
+        };
+        columns.ids.push(id.clone());
+        columns
+            .documents
+            .push(serde_json::to_string(shadow).expect("a shadow serialises"));
+        columns
+            .versions
+            .push(i64::try_from(shadow.version).unwrap_or(i64::MAX));
+    }
+    let at = crate::db::now();
+    for (columns, sql) in [
+        (
+            updated,
+            "UPDATE shadows AS s SET document = x.document, version = x.version, updated_at = $4 \
+             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(device_id, document, version) \
+             WHERE s.device_id = x.device_id",
+        ),
+        (
+            inserted,
+            "INSERT INTO shadows (device_id, document, version, updated_at) \
+             SELECT device_id, document, version, $4 \
+             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(device_id, document, version)",
+        ),
+    ] {
+        if columns.ids.is_empty() {
+            continue;
+        }
+        txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Postgres,
+            sql,
+            vec![
+                columns.ids.into(),
+                columns.documents.into(),
+                columns.versions.into(),
+                at.into(),
+            ],
+        ))
+        .await?;
+    }
+    Ok(())
 }
 
 fn no_shadow(thing: &DeviceId) -> Rejection {
@@ -356,7 +433,9 @@ pub async fn apply_in(
             message: format!("{thing} is not a registered device"),
         }));
     }
+    // Locked too: the bridge's runs of updates lock shadow rows, not device rows.
     let row = shadows::Entity::find_by_id(thing.as_str().to_owned())
+        .lock_exclusive()
         .one(txn)
         .await?;
     let current = row.as_ref().map(decode).transpose()?;

@@ -526,3 +526,110 @@ async fn a_qos0_flood_is_shed_and_later_updates_still_apply() {
         "the QoS 1 update after the flood is applied"
     );
 }
+
+/// Writers racing on the same shadows lose no update: runs of updates as the bridge applies
+/// them (set-based, several replicas' batches at once, devices in opposite orders) and
+/// single updates as the HTTP API and a lone request apply them, all starting before any of
+/// the devices has a shadow. Each update sets a key of its own, so an update written over
+/// another one would leave a key missing and the version short. A deadlock between two
+/// writers is run again, as the bridge does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_of_the_same_shadows_lose_no_update() {
+    use fleetwave::registry::is_transient_conflict;
+    use fleetwave::shadow::{self, Channel};
+    use fleetwave_artifacts::DeviceId;
+    use fleetwave_artifacts::protocol::topics::{Reply, ShadowOp};
+    use sea_orm::TransactionTrait;
+
+    let app = TestApp::spawn(Backend::Postgres).await.unwrap();
+    const DEVICES: [&str; 3] = ["race-a", "race-b", "race-c"];
+    const ROUNDS: usize = 40;
+    for id in DEVICES {
+        let (status, _) = app
+            .call(
+                Method::POST,
+                "/v1/devices",
+                Some(json!({"id": id, "hardware": "rpi4"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let things: Vec<DeviceId> = DEVICES
+        .iter()
+        .map(|d| DeviceId::parse(d).unwrap())
+        .collect();
+    let mut writers = Vec::new();
+    // Two "replicas" applying runs over every device, in opposite orders.
+    for w in 0..2 {
+        let db = app.db.clone();
+        let mut order = things.clone();
+        if w == 1 {
+            order.reverse();
+        }
+        writers.push(tokio::spawn(async move {
+            for k in 0..ROUNDS {
+                let payload =
+                    json!({"state": {"reported": {format!("run{w}-{k}"): k}}}).to_string();
+                let run: Vec<(&DeviceId, &[u8])> =
+                    order.iter().map(|t| (t, payload.as_bytes())).collect();
+                loop {
+                    let txn = db.begin().await.unwrap();
+                    match shadow::update_run(&txn, &run).await {
+                        Ok(answers) => {
+                            for answer in &answers {
+                                let accepted = Channel::Reply(ShadowOp::Update, Reply::Accepted);
+                                assert!(answer.iter().any(|m| m.channel == accepted), "{answer:?}");
+                            }
+                            txn.commit().await.unwrap();
+                            break;
+                        }
+                        Err(e) if is_transient_conflict(&e) => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+        }));
+    }
+    // Single updates of each device's desired state (the HTTP API's and a lone request's path).
+    for (w, thing) in things.iter().enumerate() {
+        let db = app.db.clone();
+        let thing = thing.clone();
+        writers.push(tokio::spawn(async move {
+            for k in 0..ROUNDS {
+                let request = json!({"state": {"desired": {format!("one{w}-{k}"): k}}});
+                loop {
+                    match shadow::apply(&db, &thing, &request, None).await {
+                        Ok(outcome) => {
+                            outcome.unwrap();
+                            break;
+                        }
+                        Err(e) if is_transient_conflict(&e) => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    for (w, id) in DEVICES.iter().enumerate() {
+        let (status, shadow) = app
+            .call(Method::GET, &format!("/v1/devices/{id}/shadow"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{shadow}");
+        assert_eq!(
+            shadow["version"],
+            3 * ROUNDS,
+            "every update counted: {shadow}"
+        );
+        let reported = shadow["state"]["reported"].as_object().unwrap();
+        let desired = shadow["state"]["desired"].as_object().unwrap();
+        for k in 0..ROUNDS {
+            for run in 0..2 {
+                assert_eq!(reported[&format!("run{run}-{k}")], k, "{shadow}");
+            }
+            assert_eq!(desired[&format!("one{w}-{k}")], k, "{shadow}");
+        }
+    }
+}
