@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use fleetwave_artifacts::{SecretKey, SignedManifest};
+use fleetwave_artifacts::SignedManifest;
 use fleetwave_tests::harness::proc::PeakSampler;
 use fleetwave_tests::harness::s3::TestBucket;
 use fleetwave_tests::harness::{bin, release};
@@ -79,9 +79,7 @@ async fn measure(size: u64, rounds: usize) -> Result<(Duration, Duration, u64)> 
     fleetwave::cli::demo::write_image(&image, size)?;
     let (sha256, _) =
         fleetwave_artifacts::digest::sha256_reader(std::fs::File::open(&image)?, |_| {})?;
-    let key = SecretKey::generate()?;
-    let keys = dir.path().join("trusted.pub");
-    std::fs::write(&keys, key.public().to_line())?;
+    let (key, keys) = release::trusted_key(dir.path())?;
     let manifest = release::manifest("2.0.0", size, sha256, Duration::from_secs(3600));
     let manifest_path = dir.path().join("manifest.json");
     std::fs::write(

@@ -61,13 +61,7 @@ async fn main() -> Result<()> {
     let mut mqtt = TestMqtt::new();
     mqtt.port = broker.port;
     let dir = tempfile::tempdir()?;
-    let keys = dir.path().join("trusted.pub");
-    std::fs::write(
-        &keys,
-        fleetwave_artifacts::SecretKey::generate()?
-            .public()
-            .to_line(),
-    )?;
+    let (_, keys) = fleetwave_tests::harness::release::trusted_key(dir.path())?;
     let service = ServiceProcess::start("ingest", &db.url, &bucket, &mqtt, &keys, dir.path())?;
     service.ready().await?;
     let app = Bench {

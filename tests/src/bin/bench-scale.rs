@@ -12,7 +12,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use fleetwave_artifacts::SecretKey;
 use fleetwave_tests::harness::mqtt::TestMqtt;
 use fleetwave_tests::harness::postgres::TestDb;
 use fleetwave_tests::harness::postgres::register_fleet;
@@ -34,9 +33,7 @@ async fn main() -> Result<()> {
         }
     }
     let dir = tempfile::tempdir()?;
-    let key = SecretKey::generate()?;
-    let keys = dir.path().join("trusted.pub");
-    std::fs::write(&keys, key.public().to_line())?;
+    let (key, keys) = release::trusted_key(dir.path())?;
     let db = TestDb::new().await?;
     register_fleet(&db.conn, devices, "fleet").await?;
     let bucket = TestBucket::new().await?;

@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use fleetwave_artifacts::{SecretKey, SignedManifest};
+use fleetwave_artifacts::SignedManifest;
 use fleetwave_tests::harness::postgres::TestDb;
 use fleetwave_tests::harness::proc::{PeakSampler, rss_kib};
 use fleetwave_tests::harness::s3::TestBucket;
@@ -37,8 +37,7 @@ async fn main() -> Result<()> {
     fleetwave::cli::demo::write_image(&image, size)?;
     let (sha256, _) =
         fleetwave_artifacts::digest::sha256_reader(std::fs::File::open(&image)?, |_| {})?;
-    let key = SecretKey::generate()?;
-    std::fs::write(dir.path().join("trusted.pub"), key.public().to_line())?;
+    let (key, keys) = release::trusted_key(dir.path())?;
     let manifest = release::manifest("1.0.0", size, sha256, Duration::from_secs(3600));
     let envelope = SignedManifest::sign(manifest, &[&key])?.to_json();
 
@@ -79,10 +78,7 @@ async fn main() -> Result<()> {
             &bucket.server.secret_key,
         )
         .env("FLEETWAVE__STORAGE__ALLOW_HTTP", "true")
-        .env(
-            "FLEETWAVE__RELEASES__TRUSTED_KEYS",
-            dir.path().join("trusted.pub"),
-        )
+        .env("FLEETWAVE__RELEASES__TRUSTED_KEYS", &keys)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -23,6 +23,17 @@ pub fn manifest(version: &str, size: u64, sha256: Sha256, valid_for: Duration) -
     }
 }
 
+/// A new signing key, its public half written to `dir/trusted.pub` (the file the service's
+/// `[releases] trusted_keys` names): the key and that file's path.
+pub fn trusted_key(
+    dir: &std::path::Path,
+) -> anyhow::Result<(fleetwave_artifacts::SecretKey, std::path::PathBuf)> {
+    let key = fleetwave_artifacts::SecretKey::generate()?;
+    let path = dir.join("trusted.pub");
+    std::fs::write(&path, key.public().to_line())?;
+    Ok((key, path))
+}
+
 /// The multipart body of `POST /v1/releases` for a small image of `version` (4 KiB of one
 /// byte) signed by `key`.
 pub fn small_upload(
