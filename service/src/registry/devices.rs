@@ -9,7 +9,7 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::entities::{devices, job_executions};
+use super::entities::{devices, job_executions, shadows};
 use super::{Error, is_unique_violation};
 use crate::audit::{self, Actor, Event};
 
@@ -365,8 +365,13 @@ pub async fn delete(db: &DatabaseConnection, actor: &Actor, id: &str) -> Result<
     let txn = db.begin().await?;
     // Waits for the transactions writing executions to end; none starts until this one does.
     lock_devices(&txn, "pg_advisory_xact_lock").await?;
-    // The device's row first, then its executions: the order a device's report takes them
-    // (its firmware, then its execution), so the two never wait on each other.
+    // Its shadow's row first, then the device's, then its executions: the order a device's
+    // report takes them (its shadow, its firmware, its execution), so the two never wait on
+    // each other in a cycle.
+    shadows::Entity::find_by_id(id.to_owned())
+        .lock_exclusive()
+        .one(&txn)
+        .await?;
     let result = devices::Entity::delete_by_id(id.to_owned())
         .exec(&txn)
         .await?;

@@ -82,7 +82,9 @@ pub async fn handle(
             None => rejected(op, &no_shadow(thing), token),
         }),
         ShadowOp::Delete => {
+            // Locked, so that the version answered is the one deleted.
             let row = shadows::Entity::find_by_id(thing.as_str().to_owned())
+                .lock_exclusive()
                 .one(db)
                 .await?;
             let deleted = shadows::Entity::delete_by_id(thing.as_str().to_owned())
@@ -158,8 +160,9 @@ fn update_answers(updated: document::Updated) -> Vec<Outgoing> {
 
 /// Handles a run of update requests devices sent (in arrival order) inside the caller's
 /// transaction, as [`handle`] would one by one, with set-based statements on PostgreSQL:
-/// one locks and reads the run's shadows, one writes every changed shadow back (devices
-/// without a shadow yet take two more). What follows from a report (the registry's
+/// one locks and reads the run's shadows, one writes the changed ones back (devices without
+/// a shadow yet take three more: their device rows locked, their shadows read again, an
+/// `INSERT`). Locks are taken as [`lock_one`] takes them. What follows from a report (the registry's
 /// firmware version, an execution's transition) is then applied request by request, in
 /// order. Answers come back in the requests' order.
 pub async fn update_run(
@@ -192,9 +195,11 @@ pub async fn update_run(
     // locked `FOR UPDATE` comes back as its latest committed version, so a concurrent
     // update is seen, not overwritten. (Another batch's requests lock theirs in arrival
     // order, so two batches can still deadlock; PostgreSQL then aborts one, which is
-    // retried.) The devices table is not touched: a shadow's row stands for its device,
-    // which cannot be removed while the row is locked (the removal cascades to it).
-    read_locked(txn, &ids, &mut shadows).await?;
+    // retried.) A shadow's row stands for its device: removing the device locks the shadow
+    // row first, and so waits for this transaction.
+    if !ids.is_empty() {
+        read_locked(txn, &ids, &mut shadows).await?;
+    }
     // Devices without a shadow yet (their first update) or not registered: their device
     // rows are locked, which is what every writer of a new shadow holds, and the shadows
     // read again (one may have been created meanwhile).
@@ -205,7 +210,7 @@ pub async fn update_run(
     if !misses.is_empty() {
         let registered = txn
             .query_all_raw(sea_orm::Statement::from_sql_and_values(
-                backend,
+                sea_orm::DatabaseBackend::Postgres,
                 "SELECT id FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE",
                 vec![misses.into()],
             ))
@@ -319,7 +324,7 @@ async fn write_back(
     }
     let (mut updated, mut inserted) = (Columns::default(), Columns::default());
     for (id, current) in shadows {
-        let (true, Some(shadow)) = (current.changed, current.shadow.as_ref()) else {
+        let Some(shadow) = current.shadow.as_ref().filter(|_| current.changed) else {
             continue;
         };
         let columns = if current.stored {
@@ -350,20 +355,29 @@ async fn write_back(
              FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(device_id, document, version)",
         ),
     ] {
-        if columns.ids.is_empty() {
+        let expected = columns.ids.len() as u64;
+        if expected == 0 {
             continue;
         }
-        txn.execute_raw(sea_orm::Statement::from_sql_and_values(
-            sea_orm::DatabaseBackend::Postgres,
-            sql,
-            vec![
-                columns.ids.into(),
-                columns.documents.into(),
-                columns.versions.into(),
-                at.into(),
-            ],
-        ))
-        .await?;
+        let done = txn
+            .execute_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DatabaseBackend::Postgres,
+                sql,
+                vec![
+                    columns.ids.into(),
+                    columns.documents.into(),
+                    columns.versions.into(),
+                    at.into(),
+                ],
+            ))
+            .await?;
+        // Under the run's locks every row is there; an answer already says accepted.
+        if done.rows_affected() != expected {
+            return Err(DbErr::Custom(format!(
+                "wrote {} of {expected} shadows back",
+                done.rows_affected()
+            )));
+        }
     }
     Ok(())
 }
@@ -401,20 +415,36 @@ fn decode_document(device: &str, document: &str, version: i64) -> Result<Shadow,
 /// Applies an update request to a registered device's shadow in one transaction, and keeps
 /// the registry's firmware version in step with `reported.firmware`.
 /// A person's change (through the API) is audited in the same transaction as `actor`;
-/// device reports (`actor` None) are not.
+/// device reports (`actor` None) are not. A transaction PostgreSQL aborts as a deadlock
+/// (possible while a device's first shadow is created: see [`lock_one`]) is run again, up
+/// to [`MAX_CONFLICTS`] times.
 pub async fn apply(
     db: &DatabaseConnection,
     thing: &DeviceId,
     request: &Value,
     actor: Option<&Actor>,
 ) -> Result<Result<document::Updated, Rejection>, DbErr> {
-    let txn = db.begin().await?;
-    let outcome = apply_in(&txn, thing, request, actor).await?;
-    if outcome.is_ok() {
-        txn.commit().await?;
+    let mut conflicts = 0;
+    loop {
+        let attempt = async {
+            let txn = db.begin().await?;
+            let outcome = apply_in(&txn, thing, request, actor).await?;
+            if outcome.is_ok() {
+                txn.commit().await?;
+            }
+            Ok(outcome)
+        };
+        match attempt.await {
+            Err(e) if conflicts < MAX_CONFLICTS && crate::registry::is_transient_conflict(&e) => {
+                conflicts += 1;
+            }
+            done => return done,
+        }
     }
-    Ok(outcome)
 }
+
+/// Times [`apply`] runs a transaction again after PostgreSQL aborted it for a conflict.
+const MAX_CONFLICTS: u32 = 3;
 
 /// [`apply`] inside the caller's transaction.
 pub async fn apply_in(
@@ -423,21 +453,10 @@ pub async fn apply_in(
     request: &Value,
     actor: Option<&Actor>,
 ) -> Result<Result<document::Updated, Rejection>, DbErr> {
-    let device = devices::Entity::find_by_id(thing.as_str().to_owned())
-        .lock_exclusive()
-        .one(txn)
-        .await?;
-    if device.is_none() {
-        return Ok(Err(Rejection {
-            code: 404,
-            message: format!("{thing} is not a registered device"),
-        }));
-    }
-    // Locked too: the bridge's runs of updates lock shadow rows, not device rows.
-    let row = shadows::Entity::find_by_id(thing.as_str().to_owned())
-        .lock_exclusive()
-        .one(txn)
-        .await?;
+    let row = match lock_one(txn, thing).await? {
+        Ok(row) => row,
+        Err(rejection) => return Ok(Err(rejection)),
+    };
     let current = row.as_ref().map(decode).transpose()?;
     let updated = match document::update(current.as_ref(), request, unix_now()) {
         Ok(u) => u,
@@ -470,6 +489,39 @@ pub async fn apply_in(
         .await?;
     }
     Ok(Ok(updated))
+}
+
+/// A registered device's shadow row (None: no shadow yet), locked in the order every writer
+/// of shadows takes its locks: the shadow row; only when there is none, the device row and
+/// then the shadow row again (another writer may have created it meanwhile). What follows
+/// from a report locks the device row after its shadow row, and so does removing a device.
+/// The one exception is a device's first shadow (the device row, then the shadow row): a
+/// writer that finds a shadow created meanwhile can deadlock with one that locked it, and
+/// PostgreSQL aborts one of them, which is run again ([`apply`]; the bridge's batches).
+/// [`update_run`] takes its locks the same way.
+async fn lock_one(
+    txn: &impl ConnectionTrait,
+    thing: &DeviceId,
+) -> Result<Result<Option<shadows::Model>, Rejection>, DbErr> {
+    let shadow = || {
+        shadows::Entity::find_by_id(thing.as_str().to_owned())
+            .lock_exclusive()
+            .one(txn)
+    };
+    if let Some(row) = shadow().await? {
+        return Ok(Ok(Some(row)));
+    }
+    let device = devices::Entity::find_by_id(thing.as_str().to_owned())
+        .lock_exclusive()
+        .one(txn)
+        .await?;
+    if device.is_none() {
+        return Ok(Err(Rejection {
+            code: 404,
+            message: format!("{thing} is not a registered device"),
+        }));
+    }
+    Ok(Ok(shadow().await?))
 }
 
 /// The firmware a shadow reports running (`reported.firmware`), if any.

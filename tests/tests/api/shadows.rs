@@ -528,11 +528,14 @@ async fn a_qos0_flood_is_shed_and_later_updates_still_apply() {
 }
 
 /// Writers racing on the same shadows lose no update: runs of updates as the bridge applies
-/// them (set-based, several replicas' batches at once, devices in opposite orders) and
-/// single updates as the HTTP API and a lone request apply them, all starting before any of
-/// the devices has a shadow. Each update sets a key of its own, so an update written over
-/// another one would leave a key missing and the version short. A deadlock between two
-/// writers is run again, as the bridge does.
+/// them (set-based, several replicas' batches at once, devices in opposite orders; each
+/// report names the firmware, as the agent's do, so the registry's device row is written
+/// too) and single updates as the HTTP API and a lone request apply them, all starting
+/// before any of the devices has a shadow. Each update sets a key of its own, so an update
+/// written over another one would leave a key missing and the version short. A deadlock
+/// (possible while a device's first shadow is created) is run again by the test for a run,
+/// as the bridge does, and by `shadow::apply` itself for a single update, which must not
+/// fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_of_the_same_shadows_lose_no_update() {
     use fleetwave::registry::is_transient_conflict;
@@ -568,8 +571,11 @@ async fn concurrent_writers_of_the_same_shadows_lose_no_update() {
         }
         writers.push(tokio::spawn(async move {
             for k in 0..ROUNDS {
-                let payload =
-                    json!({"state": {"reported": {format!("run{w}-{k}"): k}}}).to_string();
+                let payload = json!({"state": {"reported": {
+                    "firmware": {"version": format!("1.{w}.{k}"), "slot": "a"},
+                    format!("run{w}-{k}"): k,
+                }}})
+                .to_string();
                 let run: Vec<(&DeviceId, &[u8])> =
                     order.iter().map(|t| (t, payload.as_bytes())).collect();
                 loop {
@@ -597,16 +603,10 @@ async fn concurrent_writers_of_the_same_shadows_lose_no_update() {
         writers.push(tokio::spawn(async move {
             for k in 0..ROUNDS {
                 let request = json!({"state": {"desired": {format!("one{w}-{k}"): k}}});
-                loop {
-                    match shadow::apply(&db, &thing, &request, None).await {
-                        Ok(outcome) => {
-                            outcome.unwrap();
-                            break;
-                        }
-                        Err(e) if is_transient_conflict(&e) => continue,
-                        Err(e) => panic!("{e}"),
-                    }
-                }
+                shadow::apply(&db, &thing, &request, None)
+                    .await
+                    .unwrap()
+                    .unwrap();
             }
         }));
     }
@@ -632,4 +632,94 @@ async fn concurrent_writers_of_the_same_shadows_lose_no_update() {
             assert_eq!(desired[&format!("one{w}-{k}")], k, "{shadow}");
         }
     }
+}
+
+/// A run of reports holds its devices' shadow rows until it commits, and what follows from
+/// a report (the firmware, recorded in the registry) locks the device rows after them. An
+/// update through the HTTP API and a device's removal, started meanwhile, wait for the run
+/// without holding a device row, so nobody is aborted as a deadlock: with the device row
+/// locked first (as they did), PostgreSQL broke the cycle after a second and one side failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_holding_shadows_waits_for_no_api_update_or_removal_in_a_cycle() {
+    use fleetwave::shadow;
+    use fleetwave_artifacts::DeviceId;
+    use sea_orm::TransactionTrait;
+
+    let app = TestApp::spawn(Backend::Postgres).await.unwrap();
+    for id in ["held-a", "held-b"] {
+        let (status, _) = app
+            .call(
+                Method::POST,
+                "/v1/devices",
+                Some(json!({"id": id, "hardware": "rpi4"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let (a, b) = (
+        DeviceId::parse("held-a").unwrap(),
+        DeviceId::parse("held-b").unwrap(),
+    );
+    let plain = json!({"state": {"reported": {"uptime": 1}}}).to_string();
+    let firmware =
+        json!({"state": {"reported": {"firmware": {"version": "1.1.0", "slot": "b"}}}}).to_string();
+    // Both shadows exist, without firmware yet.
+    let txn = app.db.begin().await.unwrap();
+    shadow::update_run(&txn, &[(&a, plain.as_bytes()), (&b, plain.as_bytes())])
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+
+    // The run locks both shadow rows (no device row: nothing reported firmware yet).
+    let run = app.db.begin().await.unwrap();
+    shadow::update_run(&run, &[(&a, plain.as_bytes()), (&b, plain.as_bytes())])
+        .await
+        .unwrap();
+    let token = Some(app.admin_token.as_str());
+    let update = tokio::spawn(
+        app.request(Method::PATCH, "/v1/devices/held-a/shadow", token)
+            .json(&json!({"desired": {"mode": "eco"}}))
+            .send(),
+    );
+    let removal = tokio::spawn(
+        app.request(Method::DELETE, "/v1/devices/held-b", token)
+            .send(),
+    );
+    // Both requests are in the database by now, waiting for the run's locks.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !update.is_finished() && !removal.is_finished(),
+        "they wait for the run"
+    );
+    // Now the run's reports name firmware: the device rows are written, after the shadows.
+    shadow::update_run(
+        &run,
+        &[(&a, firmware.as_bytes()), (&b, firmware.as_bytes())],
+    )
+    .await
+    .expect("no deadlock for the run");
+    run.commit().await.unwrap();
+    let status = |r: Result<reqwest::Result<reqwest::Response>, _>| r.unwrap().unwrap().status();
+    assert_eq!(
+        status(update.await),
+        StatusCode::OK,
+        "the update applies after the run"
+    );
+    assert_eq!(
+        status(removal.await),
+        StatusCode::NO_CONTENT,
+        "the removal too"
+    );
+    let (status, shadow) = app
+        .call(Method::GET, "/v1/devices/held-a/shadow", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{shadow}");
+    assert_eq!(shadow["version"], 4, "{shadow}");
+    assert_eq!(shadow["state"]["desired"]["mode"], "eco", "{shadow}");
+    assert_eq!(
+        shadow["state"]["reported"]["firmware"]["version"], "1.1.0",
+        "{shadow}"
+    );
+    let (status, _) = app.call(Method::GET, "/v1/devices/held-b", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
