@@ -363,15 +363,17 @@ async fn lock_devices(txn: &impl ConnectionTrait, function: &str) -> Result<(), 
 /// stays: it is the audit trail of what the device ran.
 pub async fn delete(db: &DatabaseConnection, actor: &Actor, id: &str) -> Result<(), Error> {
     let txn = db.begin().await?;
-    // Waits for the transactions writing executions to end; none starts until this one does.
-    lock_devices(&txn, "pg_advisory_xact_lock").await?;
     // Its shadow's row first, then the device's, then its executions: the order a device's
-    // report takes them (its shadow, its firmware, its execution), so the two never wait on
-    // each other in a cycle.
+    // report takes them (its shadow, its firmware, its execution), so a removal and a report
+    // of the same device do not wait on each other in a cycle. The shadow's row is locked
+    // before the lock below, which would hold up every transaction writing executions while
+    // this one waits for a batch of reports.
     shadows::Entity::find_by_id(id.to_owned())
         .lock_exclusive()
         .one(&txn)
         .await?;
+    // Waits for the transactions writing executions to end; none starts until this one does.
+    lock_devices(&txn, "pg_advisory_xact_lock").await?;
     let result = devices::Entity::delete_by_id(id.to_owned())
         .exec(&txn)
         .await?;

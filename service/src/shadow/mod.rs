@@ -260,6 +260,24 @@ pub async fn update_run(
         }
     }
     write_back(txn, &shadows).await?;
+    // The device rows the reports' firmware is recorded in, locked in id order before any
+    // report follows (an execution's transition may take the audit log's lock, which the
+    // API's change of a device takes after that device's row).
+    let mut recorded: Vec<String> = reports
+        .iter()
+        .filter(|(_, firmware, _)| firmware.is_some())
+        .map(|(thing, _, _)| thing.as_str().to_owned())
+        .collect();
+    recorded.sort_unstable();
+    recorded.dedup();
+    if !recorded.is_empty() {
+        txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT id FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            vec![recorded.into()],
+        ))
+        .await?;
+    }
     for (thing, firmware, request) in reports {
         follow_report(txn, thing, firmware, &request).await?;
     }
@@ -416,8 +434,8 @@ fn decode_document(device: &str, document: &str, version: i64) -> Result<Shadow,
 /// the registry's firmware version in step with `reported.firmware`.
 /// A person's change (through the API) is audited in the same transaction as `actor`;
 /// device reports (`actor` None) are not. A transaction PostgreSQL aborts as a deadlock
-/// (possible while a device's first shadow is created: see [`lock_one`]) is run again, up
-/// to [`MAX_CONFLICTS`] times.
+/// (possible, for example, while a device's first shadow is created: see `lock_one`) is
+/// run again, up to three times.
 pub async fn apply(
     db: &DatabaseConnection,
     thing: &DeviceId,
@@ -491,13 +509,15 @@ pub async fn apply_in(
     Ok(Ok(updated))
 }
 
-/// A registered device's shadow row (None: no shadow yet), locked in the order every writer
-/// of shadows takes its locks: the shadow row; only when there is none, the device row and
-/// then the shadow row again (another writer may have created it meanwhile). What follows
-/// from a report locks the device row after its shadow row, and so does removing a device.
-/// The one exception is a device's first shadow (the device row, then the shadow row): a
-/// writer that finds a shadow created meanwhile can deadlock with one that locked it, and
-/// PostgreSQL aborts one of them, which is run again ([`apply`]; the bridge's batches).
+/// A registered device's shadow row (None: no shadow yet), locked in the order the writers
+/// of a device's shadow take their locks: the shadow row; only when there is none, the
+/// device row and then the shadow row again (another writer may have created it
+/// meanwhile). What follows from a report locks the device row after its shadow row (a run
+/// locks all its reporting devices' rows in id order first), and so does removing a device.
+/// The exception is a device's first shadow (the device row, then the shadow row): a writer
+/// that finds a shadow created meanwhile can deadlock with one that locked it. PostgreSQL
+/// then aborts one of them, which is run again ([`apply`]; the bridge's batches), as it is
+/// for a batch whose later runs lock rows after an earlier run took the audit log's lock.
 /// [`update_run`] takes its locks the same way.
 async fn lock_one(
     txn: &impl ConnectionTrait,

@@ -52,17 +52,25 @@ impl Device {
 }
 
 async fn app_with_device(id: &str) -> (TestApp, Device) {
-    let app = TestApp::spawn(Backend::Postgres).await.unwrap();
-    let (status, _) = app
-        .call(
-            Method::POST,
-            "/v1/devices",
-            Some(json!({"id": id, "hardware": "rpi4"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    let app = app_with_devices(&[id]).await;
     let device = Device::connect(&app, id).await;
     (app, device)
+}
+
+/// A service on PostgreSQL with the devices `ids` registered (hardware `rpi4`).
+async fn app_with_devices(ids: &[&str]) -> TestApp {
+    let app = TestApp::spawn(Backend::Postgres).await.unwrap();
+    for id in ids {
+        let (status, body) = app
+            .call(
+                Method::POST,
+                "/v1/devices",
+                Some(json!({"id": id, "hardware": "rpi4"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    app
 }
 
 #[tokio::test]
@@ -544,19 +552,9 @@ async fn concurrent_writers_of_the_same_shadows_lose_no_update() {
     use fleetwave_artifacts::protocol::topics::{Reply, ShadowOp};
     use sea_orm::TransactionTrait;
 
-    let app = TestApp::spawn(Backend::Postgres).await.unwrap();
     const DEVICES: [&str; 3] = ["race-a", "race-b", "race-c"];
     const ROUNDS: usize = 40;
-    for id in DEVICES {
-        let (status, _) = app
-            .call(
-                Method::POST,
-                "/v1/devices",
-                Some(json!({"id": id, "hardware": "rpi4"})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED);
-    }
+    let app = app_with_devices(&DEVICES).await;
     let things: Vec<DeviceId> = DEVICES
         .iter()
         .map(|d| DeviceId::parse(d).unwrap())
@@ -645,17 +643,7 @@ async fn a_run_holding_shadows_waits_for_no_api_update_or_removal_in_a_cycle() {
     use fleetwave_artifacts::DeviceId;
     use sea_orm::TransactionTrait;
 
-    let app = TestApp::spawn(Backend::Postgres).await.unwrap();
-    for id in ["held-a", "held-b"] {
-        let (status, _) = app
-            .call(
-                Method::POST,
-                "/v1/devices",
-                Some(json!({"id": id, "hardware": "rpi4"})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED);
-    }
+    let app = app_with_devices(&["held-a", "held-b"]).await;
     let (a, b) = (
         DeviceId::parse("held-a").unwrap(),
         DeviceId::parse("held-b").unwrap(),
@@ -685,12 +673,17 @@ async fn a_run_holding_shadows_waits_for_no_api_update_or_removal_in_a_cycle() {
         app.request(Method::DELETE, "/v1/devices/held-b", token)
             .send(),
     );
-    // Both requests are in the database by now, waiting for the run's locks.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        !update.is_finished() && !removal.is_finished(),
-        "they wait for the run"
-    );
+    // Both requests wait in the database for the run's locks.
+    let mut waiting = 0;
+    for _ in 0..200 {
+        waiting = lock_waits(&app).await;
+        if waiting >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(waiting, 2, "both requests wait for the run's locks");
+    assert!(!update.is_finished() && !removal.is_finished());
     // Now the run's reports name firmware: the device rows are written, after the shadows.
     shadow::update_run(
         &run,
@@ -722,4 +715,20 @@ async fn a_run_holding_shadows_waits_for_no_api_update_or_removal_in_a_cycle() {
     );
     let (status, _) = app.call(Method::GET, "/v1/devices/held-b", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Sessions of the test's database waiting for a lock.
+async fn lock_waits(app: &TestApp) -> i64 {
+    use sea_orm::{ConnectionTrait, Statement};
+    app.db
+        .query_one_raw(Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT count(*)::bigint AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap()
 }
