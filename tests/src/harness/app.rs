@@ -226,6 +226,18 @@ impl TestApp {
         }
     }
 
+    /// Registers device `id` (hardware `rpi4`) through the API, as admin.
+    pub async fn register_device(&self, id: &str) {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/v1/devices",
+                Some(serde_json::json!({"id": id, "hardware": "rpi4"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "registering {id}: {body}");
+    }
+
     /// Sends a JSON request as admin and returns the status and JSON body (Null when empty).
     pub async fn call(
         &self,

@@ -85,15 +85,7 @@ impl World {
 
     /// Registers `id`.
     pub async fn device(&self, id: &str) {
-        let (status, body) = self
-            .app
-            .call(
-                Method::POST,
-                "/v1/devices",
-                Some(json!({"id": id, "hardware": "rpi4"})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
+        self.app.register_device(id).await;
     }
 
     /// A job installing the release on `device`; returns its id.

@@ -61,14 +61,7 @@ async fn app_with_device(id: &str) -> (TestApp, Device) {
 async fn app_with_devices(ids: &[&str]) -> TestApp {
     let app = TestApp::spawn(Backend::Postgres).await.unwrap();
     for id in ids {
-        let (status, body) = app
-            .call(
-                Method::POST,
-                "/v1/devices",
-                Some(json!({"id": id, "hardware": "rpi4"})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
+        app.register_device(id).await;
     }
     app
 }
@@ -323,12 +316,7 @@ async fn a_burst_of_updates_from_many_devices_is_applied_completely() {
     const UPDATES: usize = 1000;
     let mut clients = Vec::new();
     for i in 0..DEVICES {
-        app.call(
-            Method::POST,
-            "/v1/devices",
-            Some(json!({"id": format!("burst-{i}"), "hardware": "rpi4"})),
-        )
-        .await;
+        app.register_device(&format!("burst-{i}")).await;
         let (client, mut events) = mqtt.client(&format!("burst-{i}"));
         tokio::spawn(async move { while events.poll().await.is_ok() {} });
         clients.push(client);
@@ -477,12 +465,7 @@ async fn a_qos0_flood_is_shed_and_later_updates_still_apply() {
     let app = TestApp::spawn_with(broker.service_options(Backend::Postgres))
         .await
         .unwrap();
-    app.call(
-        Method::POST,
-        "/v1/devices",
-        Some(json!({"id": "flood-1", "hardware": "rpi4"})),
-    )
-    .await;
+    app.register_device("flood-1").await;
     let (client, mut events) = app.mqtt.client("flood-1");
     tokio::spawn(async move { while events.poll().await.is_ok() {} });
     let topic = format!("{}/things/flood-1/shadow/update", app.mqtt.prefix);
