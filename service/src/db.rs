@@ -1,6 +1,7 @@
 //! Connecting to the database and applying migrations: PostgreSQL in production, a SQLite
 //! file as the embedded default. Migrations run under a PostgreSQL advisory lock, so replicas
-//! that start together apply each migration once.
+//! that start together apply each migration once. Also the statement helpers every module
+//! shares, and running a transaction again when PostgreSQL aborted it for a conflict.
 
 use std::time::Duration;
 
@@ -92,26 +93,13 @@ pub async fn insert_json_rows(
     columns: &[(&str, &str)],
     rows: &[impl serde::Serialize],
 ) -> Result<(), sea_orm::DbErr> {
-    write_json_rows(txn, table, columns, None, rows).await
-}
-
-/// [`insert_json_rows`], a row whose `key` column matches an existing row replacing that
-/// row's other columns (`ON CONFLICT (key) DO UPDATE`).
-pub async fn upsert_json_rows(
-    txn: &impl sea_orm::ConnectionTrait,
-    table: &str,
-    columns: &[(&str, &str)],
-    key: &str,
-    rows: &[impl serde::Serialize],
-) -> Result<(), sea_orm::DbErr> {
-    write_json_rows(txn, table, columns, Some(key), rows).await
+    write_json_rows(txn, table, columns, rows).await
 }
 
 async fn write_json_rows(
     txn: &impl sea_orm::ConnectionTrait,
     table: &str,
     columns: &[(&str, &str)],
-    key: Option<&str>,
     rows: &[impl serde::Serialize],
 ) -> Result<(), sea_orm::DbErr> {
     if rows.is_empty() {
@@ -119,22 +107,11 @@ async fn write_json_rows(
     }
     let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
     let typed: Vec<String> = columns.iter().map(|(n, t)| format!("{n} {t}")).collect();
-    let mut sql = format!(
+    let sql = format!(
         "INSERT INTO {table} ({cols}) SELECT {cols} FROM json_to_recordset($1::json) AS x({typed})",
         cols = names.join(", "),
         typed = typed.join(", ")
     );
-    if let Some(key) = key {
-        let set: Vec<String> = names
-            .iter()
-            .filter(|n| **n != key)
-            .map(|n| format!("{n} = EXCLUDED.{n}"))
-            .collect();
-        sql.push_str(&format!(
-            " ON CONFLICT ({key}) DO UPDATE SET {}",
-            set.join(", ")
-        ));
-    }
     let payload = serde_json::to_string(rows)
         .map_err(|e| sea_orm::DbErr::Custom(format!("rows for {table}: {e}")))?;
     txn.execute_raw(sea_orm::Statement::from_sql_and_values(
@@ -158,4 +135,57 @@ pub fn statement(
         _ => sql.to_owned(),
     };
     sea_orm::Statement::from_sql_and_values(backend, sql, values)
+}
+
+/// Times a transaction runs again after PostgreSQL aborted it for a conflict.
+pub const MAX_CONFLICTS: u32 = 3;
+
+/// An error that may be PostgreSQL aborting a transaction for a deadlock (`40P01`) or a
+/// serialization failure (`40001`): nothing is wrong with the transaction, and run again
+/// it succeeds.
+pub trait Conflict {
+    /// Whether this is such an abort.
+    fn is_transient_conflict(&self) -> bool;
+}
+
+impl Conflict for sea_orm::DbErr {
+    fn is_transient_conflict(&self) -> bool {
+        use sea_orm::{DbErr, RuntimeErr};
+        let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = self
+        else {
+            return false;
+        };
+        e.as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|code| code == "40P01" || code == "40001")
+    }
+}
+
+impl Conflict for anyhow::Error {
+    fn is_transient_conflict(&self) -> bool {
+        self.chain()
+            .filter_map(|cause| cause.downcast_ref::<sea_orm::DbErr>())
+            .any(Conflict::is_transient_conflict)
+    }
+}
+
+/// Runs `transaction` (which begins, and commits, a whole transaction on each call) and,
+/// while PostgreSQL aborts it for a conflict, runs it again, [`MAX_CONFLICTS`] times at
+/// most. Each abort is logged as `what`.
+pub async fn retry_conflicts<T, E, F, Fut>(what: &str, mut transaction: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: Conflict + std::fmt::Display,
+{
+    let mut conflicts = 0;
+    loop {
+        match transaction().await {
+            Err(e) if conflicts < MAX_CONFLICTS && e.is_transient_conflict() => {
+                conflicts += 1;
+                tracing::info!(error.message = %format!("{e:#}"), "{what} aborted by a conflict; running it again");
+            }
+            done => return done,
+        }
+    }
 }

@@ -278,7 +278,8 @@ pub async fn get(db: &impl ConnectionTrait, id: &str) -> Result<Device, Error> {
         })
 }
 
-/// Changes a device.
+/// Changes a device. A transaction PostgreSQL aborted for a conflict (with a batch of
+/// device reports) runs again.
 pub async fn update(
     db: &DatabaseConnection,
     actor: &Actor,
@@ -290,6 +291,19 @@ pub async fn update(
     if let Some(attrs) = &patch.attributes {
         check_attributes(attrs)?;
     }
+    crate::db::retry_conflicts("a device update", || {
+        update_once(db, actor, id, patch.clone(), hardware.clone())
+    })
+    .await
+}
+
+async fn update_once(
+    db: &DatabaseConnection,
+    actor: &Actor,
+    id: &str,
+    patch: DevicePatch,
+    hardware: Option<String>,
+) -> Result<Device, Error> {
     let txn = db.begin().await?;
     let current = devices::Entity::find_by_id(id.to_owned())
         .lock_exclusive()
@@ -360,8 +374,13 @@ async fn lock_devices(txn: &impl ConnectionTrait, function: &str) -> Result<(), 
 }
 
 /// Removes a device, its executions and its group memberships. Its execution history
-/// stays: it is the audit trail of what the device ran.
+/// stays: it is the audit trail of what the device ran. A transaction PostgreSQL aborted for
+/// a conflict (with a batch of device reports) runs again.
 pub async fn delete(db: &DatabaseConnection, actor: &Actor, id: &str) -> Result<(), Error> {
+    crate::db::retry_conflicts("a device removal", || delete_once(db, actor, id)).await
+}
+
+async fn delete_once(db: &DatabaseConnection, actor: &Actor, id: &str) -> Result<(), Error> {
     let txn = db.begin().await?;
     // Its shadow's row first, then the device's, then its executions: the order a device's
     // report takes them (its shadow, its firmware, its execution), so a removal and a report

@@ -42,23 +42,16 @@ pub enum Error {
     Db(#[from] DbErr),
 }
 
-/// Whether `err` is PostgreSQL aborting a transaction for a deadlock (`40P01`) or a
-/// serialization failure (`40001`): nothing is wrong with it, and run again it succeeds.
-pub fn is_transient_conflict(err: &DbErr) -> bool {
-    use sea_orm::RuntimeErr;
-    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err
-    else {
-        return false;
-    };
-    e.as_database_error()
-        .and_then(|d| d.code())
-        .is_some_and(|code| code == "40P01" || code == "40001")
-}
-
 /// Whether `err` is a unique-constraint violation (a concurrent or repeated insert).
 pub fn is_unique_violation(err: &DbErr) -> bool {
     matches!(
         err.sql_err(),
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
     )
+}
+
+impl crate::db::Conflict for Error {
+    fn is_transient_conflict(&self) -> bool {
+        matches!(self, Error::Db(e) if e.is_transient_conflict())
+    }
 }

@@ -39,17 +39,6 @@ use crate::registry::entities::{
 };
 use crate::storage::Storage;
 
-/// Steps run again in one tick after PostgreSQL aborted them for a conflict.
-const MAX_CONFLICTS: u32 = 3;
-
-/// Whether a step failed because PostgreSQL aborted it for a deadlock or a serialization
-/// failure.
-fn is_conflict(e: &anyhow::Error) -> bool {
-    e.chain()
-        .filter_map(|cause| cause.downcast_ref::<DbErr>())
-        .any(crate::registry::is_transient_conflict)
-}
-
 /// Rows written per statement in bulk inserts.
 const CHUNK: usize = 1000;
 /// Devices looked at per query when queueing, timing out or retrying.
@@ -126,18 +115,10 @@ impl Engine {
     /// back whole and runs again at once, a few times at most.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<usize> {
         let mut stepped = 0;
-        let mut conflicts = 0;
-        loop {
-            match self.step_one(now).await {
-                Ok(true) => stepped += 1,
-                Ok(false) => return Ok(stepped),
-                Err(e) if conflicts < MAX_CONFLICTS && is_conflict(&e) => {
-                    conflicts += 1;
-                    tracing::info!(error.message = %format!("{e:#}"), "rollout step aborted by a conflict; running it again");
-                }
-                Err(e) => return Err(e),
-            }
+        while crate::db::retry_conflicts("a rollout step", || self.step_one(now)).await? {
+            stepped += 1;
         }
+        Ok(stepped)
     }
 
     /// Steps one due rollout that no other replica holds; false when there is none.
@@ -721,7 +702,7 @@ pub(crate) async fn finish(
     reason: Option<String>,
     actor: &Actor,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<(), DbErr> {
     row.state = to.as_str().to_owned();
     row.state_reason = reason.clone();
     row.finished_at = Some(now);

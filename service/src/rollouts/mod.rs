@@ -55,6 +55,16 @@ pub enum Error {
     Registry(#[from] crate::registry::Error),
 }
 
+impl crate::db::Conflict for Error {
+    fn is_transient_conflict(&self) -> bool {
+        match self {
+            Error::Db(e) => e.is_transient_conflict(),
+            Error::Registry(e) => e.is_transient_conflict(),
+            _ => false,
+        }
+    }
+}
+
 /// A rollout as the API lists it.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Rollout {
@@ -364,8 +374,19 @@ pub enum Action {
     Approve(Option<u32>),
 }
 
-/// Applies `action` by `actor`, audited; the engine acts on it at its next tick.
+/// Applies `action` by `actor`, audited; the engine acts on it at its next tick. A
+/// transaction PostgreSQL aborted for a conflict (a cancel takes executions that device
+/// reports take too) runs again.
 pub async fn act(
+    db: &DatabaseConnection,
+    actor: &Actor,
+    id: &str,
+    action: Action,
+) -> Result<Rollout, Error> {
+    crate::db::retry_conflicts("a rollout action", || act_once(db, actor, id, action)).await
+}
+
+async fn act_once(
     db: &DatabaseConnection,
     actor: &Actor,
     id: &str,
@@ -419,9 +440,7 @@ pub async fn act(
                 )));
             }
             let reason = format!("canceled by token {}", actor.id);
-            engine::finish(&txn, &mut row, State::Canceled, Some(reason), actor, now)
-                .await
-                .map_err(|e| DbErr::Custom(format!("{e:#}")))?;
+            engine::finish(&txn, &mut row, State::Canceled, Some(reason), actor, now).await?;
             verb = "";
             details = serde_json::Value::Null;
         }

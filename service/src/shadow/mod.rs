@@ -181,14 +181,19 @@ pub async fn update_run(
         .iter()
         .map(|(_, payload)| parse_request(ShadowOp::Update, payload))
         .collect();
-    let mut ids: Vec<String> = run
-        .iter()
-        .zip(&parsed)
-        .filter(|(_, p)| p.is_ok())
-        .map(|((thing, _), _)| thing.as_str().to_owned())
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
+    // The devices of the well-formed requests, sorted, each once.
+    let requested = |keep: &dyn Fn(&str) -> bool| {
+        let mut ids: Vec<String> = run
+            .iter()
+            .zip(&parsed)
+            .filter(|((thing, _), p)| p.is_ok() && keep(thing.as_str()))
+            .map(|((thing, _), _)| thing.as_str().to_owned())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    };
+    let ids = requested(&|_| true);
     // Each registered device's current shadow (none yet: `None`), and whether it changed.
     let mut shadows: HashMap<String, Current> = HashMap::with_capacity(ids.len());
     // The run's shadows are locked in id order and read in the same statement: a row
@@ -198,31 +203,19 @@ pub async fn update_run(
     // retried.) A shadow's row stands for its device: removing the device locks the shadow
     // row first, and so waits for this transaction.
     if !ids.is_empty() {
-        read_locked(txn, &ids, &mut shadows).await?;
+        read_locked(txn, ids, &mut shadows).await?;
     }
     // Devices without a shadow yet (their first update) or not registered: their device
     // rows are locked, which is what every writer of a new shadow holds, and the shadows
     // read again (one may have been created meanwhile).
-    let misses: Vec<String> = ids
-        .into_iter()
-        .filter(|id| !shadows.contains_key(id))
-        .collect();
+    let misses = requested(&|id| !shadows.contains_key(id));
     if !misses.is_empty() {
-        let registered = txn
-            .query_all_raw(sea_orm::Statement::from_sql_and_values(
-                sea_orm::DatabaseBackend::Postgres,
-                "SELECT id FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                vec![misses.into()],
-            ))
-            .await?;
-        let mut new = Vec::with_capacity(registered.len());
-        for row in registered {
-            let id: String = row.try_get_by_index(0)?;
+        let registered = lock_devices(txn, misses).await?;
+        for id in &registered {
             shadows.insert(id.clone(), Current::default());
-            new.push(id);
         }
-        if !new.is_empty() {
-            read_locked(txn, &new, &mut shadows).await?;
+        if !registered.is_empty() {
+            read_locked(txn, registered, &mut shadows).await?;
         }
     }
     let now = unix_now();
@@ -271,12 +264,7 @@ pub async fn update_run(
     recorded.sort_unstable();
     recorded.dedup();
     if !recorded.is_empty() {
-        txn.execute_raw(sea_orm::Statement::from_sql_and_values(
-            sea_orm::DatabaseBackend::Postgres,
-            "SELECT id FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            vec![recorded.into()],
-        ))
-        .await?;
+        lock_devices(txn, recorded).await?;
     }
     for (thing, firmware, request) in reports {
         follow_report(txn, thing, firmware, &request).await?;
@@ -295,10 +283,24 @@ struct Current {
     stored: bool,
 }
 
+/// Locks the rows of the registered devices among `ids` (`FOR UPDATE`, in id order);
+/// their ids come back.
+async fn lock_devices(txn: &impl ConnectionTrait, ids: Vec<String>) -> Result<Vec<String>, DbErr> {
+    txn.query_all_raw(sea_orm::Statement::from_sql_and_values(
+        sea_orm::DatabaseBackend::Postgres,
+        "SELECT id FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        vec![ids.into()],
+    ))
+    .await?
+    .iter()
+    .map(|row| row.try_get_by_index(0))
+    .collect()
+}
+
 /// Reads and locks (`FOR UPDATE`, in id order) the stored shadows of `ids` into `into`.
 async fn read_locked(
     txn: &impl ConnectionTrait,
-    ids: &[String],
+    ids: Vec<String>,
     into: &mut HashMap<String, Current>,
 ) -> Result<(), DbErr> {
     let rows = txn
@@ -306,7 +308,7 @@ async fn read_locked(
             sea_orm::DatabaseBackend::Postgres,
             "SELECT device_id, document, version FROM shadows WHERE device_id = ANY($1) \
              ORDER BY device_id FOR UPDATE",
-            vec![ids.to_vec().into()],
+            vec![ids.into()],
         ))
         .await?;
     for row in rows {
@@ -435,34 +437,23 @@ fn decode_document(device: &str, document: &str, version: i64) -> Result<Shadow,
 /// A person's change (through the API) is audited in the same transaction as `actor`;
 /// device reports (`actor` None) are not. A transaction PostgreSQL aborts as a deadlock
 /// (possible, for example, while a device's first shadow is created: see `lock_one`) is
-/// run again, up to three times.
+/// run again ([`crate::db::retry_conflicts`]).
 pub async fn apply(
     db: &DatabaseConnection,
     thing: &DeviceId,
     request: &Value,
     actor: Option<&Actor>,
 ) -> Result<Result<document::Updated, Rejection>, DbErr> {
-    let mut conflicts = 0;
-    loop {
-        let attempt = async {
-            let txn = db.begin().await?;
-            let outcome = apply_in(&txn, thing, request, actor).await?;
-            if outcome.is_ok() {
-                txn.commit().await?;
-            }
-            Ok(outcome)
-        };
-        match attempt.await {
-            Err(e) if conflicts < MAX_CONFLICTS && crate::registry::is_transient_conflict(&e) => {
-                conflicts += 1;
-            }
-            done => return done,
+    crate::db::retry_conflicts("a shadow update", || async {
+        let txn = db.begin().await?;
+        let outcome = apply_in(&txn, thing, request, actor).await?;
+        if outcome.is_ok() {
+            txn.commit().await?;
         }
-    }
+        Ok(outcome)
+    })
+    .await
 }
-
-/// Times [`apply`] runs a transaction again after PostgreSQL aborted it for a conflict.
-const MAX_CONFLICTS: u32 = 3;
 
 /// [`apply`] inside the caller's transaction.
 pub async fn apply_in(

@@ -57,7 +57,8 @@ async fn two_replicas_start_together_on_an_empty_database() {
 /// does); a unique violation is not one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadlock_is_told_apart_from_a_real_error() {
-    use fleetwave::registry::{is_transient_conflict, is_unique_violation};
+    use fleetwave::db::Conflict;
+    use fleetwave::registry::is_unique_violation;
     use fleetwave_tests::harness::app::{Backend, TestApp};
     use sea_orm::TransactionTrait;
     let app = TestApp::spawn(Backend::Postgres).await.unwrap();
@@ -87,7 +88,7 @@ async fn a_deadlock_is_told_apart_from_a_real_error() {
     );
     let errors: Vec<_> = [a.err(), b.err()].into_iter().flatten().collect();
     assert_eq!(errors.len(), 1, "PostgreSQL aborts exactly one: {errors:?}");
-    assert!(is_transient_conflict(&errors[0]), "{:?}", errors[0]);
+    assert!(errors[0].is_transient_conflict(), "{:?}", errors[0]);
     assert!(!is_unique_violation(&errors[0]));
     drop((first, second));
 
@@ -102,5 +103,5 @@ async fn a_deadlock_is_told_apart_from_a_real_error() {
         .await
         .unwrap_err();
     assert!(is_unique_violation(&duplicate), "{duplicate:?}");
-    assert!(!is_transient_conflict(&duplicate));
+    assert!(!duplicate.is_transient_conflict());
 }

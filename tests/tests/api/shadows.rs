@@ -529,7 +529,7 @@ async fn a_qos0_flood_is_shed_and_later_updates_still_apply() {
 /// fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_of_the_same_shadows_lose_no_update() {
-    use fleetwave::registry::is_transient_conflict;
+    use fleetwave::db::Conflict;
     use fleetwave::shadow::{self, Channel};
     use fleetwave_artifacts::DeviceId;
     use fleetwave_artifacts::protocol::topics::{Reply, ShadowOp};
@@ -570,7 +570,7 @@ async fn concurrent_writers_of_the_same_shadows_lose_no_update() {
                             txn.commit().await.unwrap();
                             break;
                         }
-                        Err(e) if is_transient_conflict(&e) => continue,
+                        Err(e) if e.is_transient_conflict() => continue,
                         Err(e) => panic!("{e}"),
                     }
                 }
@@ -698,6 +698,64 @@ async fn a_run_holding_shadows_waits_for_no_api_update_or_removal_in_a_cycle() {
     );
     let (status, _) = app.call(Method::GET, "/v1/devices/held-b", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// An API change that PostgreSQL aborts as a deadlock runs again. A batch of reports whose
+/// earlier run took the audit log's lock (an execution's transition) and whose later run
+/// reports firmware waits for a device's row, while the API's change of that device holds
+/// the row and waits for the audit log: one of them is aborted, the API's (it waited first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_change_aborted_as_a_deadlock_runs_again() {
+    use fleetwave::audit::{self, Actor, Event};
+    use fleetwave::shadow;
+    use fleetwave_artifacts::DeviceId;
+    use sea_orm::TransactionTrait;
+
+    let app = app_with_devices(&["cycle-a"]).await;
+    let thing = DeviceId::parse("cycle-a").unwrap();
+    let firmware =
+        json!({"state": {"reported": {"firmware": {"version": "1.2.0", "slot": "a"}}}}).to_string();
+    // The batch's earlier run took the audit log's lock.
+    let batch = app.db.begin().await.unwrap();
+    let event = Event {
+        action: "test.transition",
+        subject: "device:cycle-b".into(),
+        details: json!({}),
+    };
+    audit::append(&batch, &Actor::system(), event)
+        .await
+        .unwrap();
+    // The API's change locks the device's row, then waits for the audit log.
+    let token = Some(app.admin_token.as_str());
+    let change = tokio::spawn(
+        app.request(Method::PATCH, "/v1/devices/cycle-a", token)
+            .json(&json!({"serial": "SN-1"}))
+            .send(),
+    );
+    let mut waiting = 0;
+    for _ in 0..200 {
+        waiting = lock_waits(&app).await;
+        if waiting >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(waiting, 1, "the change waits for the audit log");
+    // The batch's later run reports firmware: it waits for the device's row. PostgreSQL
+    // aborts the change, which runs again once the batch commits.
+    shadow::update_run(
+        &batch,
+        &[(&thing, firmware.as_bytes()), (&thing, firmware.as_bytes())],
+    )
+    .await
+    .expect("the batch is not the one aborted");
+    batch.commit().await.unwrap();
+    let response = change.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "the change ran again");
+    let (status, device) = app.call(Method::GET, "/v1/devices/cycle-a", None).await;
+    assert_eq!(status, StatusCode::OK, "{device}");
+    assert_eq!(device["serial"], "SN-1", "{device}");
+    assert_eq!(device["firmware_version"], "1.2.0", "{device}");
 }
 
 /// Sessions of the test's database waiting for a lock.
