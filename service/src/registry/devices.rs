@@ -266,6 +266,129 @@ pub async fn record_firmware(
     Ok(())
 }
 
+/// How stale a device's `last_seen_at` may grow: a report within this of the recorded time
+/// writes nothing to the device's row (unless its firmware changed), so a device reporting
+/// every second costs its row one write a minute, not one a report.
+pub const SEEN_PRECISION: chrono::Duration = chrono::Duration::seconds(60);
+
+/// What one device reported through its shadow.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The device.
+    pub id: String,
+    /// The firmware its shadow reports running, if any.
+    pub firmware: Option<semver::Version>,
+}
+
+/// Records what devices reported through their shadows, `at`: the firmware each one's shadow
+/// reports (its version and sortable key, written when it differs from the registry's) and,
+/// when `seen` (the reports came from the devices, not from a person), when each was last
+/// seen (written when the recorded time is [`SEEN_PRECISION`] old). A device's row is
+/// written only when one of them changes, so a device reporting often does not rewrite its
+/// row each time. On PostgreSQL the rows to write are locked in id order in one statement
+/// and written in a second; `locked` names more devices whose rows that first statement
+/// locks (their reports the caller records one by one, in order, afterwards). Unregistered
+/// devices are skipped.
+pub async fn record_reports(
+    txn: &impl ConnectionTrait,
+    reports: &[Report],
+    locked: &[String],
+    seen: bool,
+    at: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    if reports.is_empty() && locked.is_empty() {
+        return Ok(());
+    }
+    let stale = at - SEEN_PRECISION;
+    let backend = txn.get_database_backend();
+    if backend != DatabaseBackend::Postgres || (reports.len() == 1 && locked.is_empty()) {
+        // One device, or SQLite (whose writers take turns): one conditional statement each.
+        for report in reports {
+            let (version, key) = firmware_columns(report.firmware.as_ref());
+            txn.execute_raw(crate::db::statement(
+                backend,
+                "UPDATE devices SET firmware_version = coalesce($1, firmware_version), \
+                 firmware_key = coalesce($2, firmware_key), \
+                 last_seen_at = CASE WHEN $3 THEN $4 ELSE last_seen_at END \
+                 WHERE id = $5 AND (($1 IS NOT NULL AND firmware_version IS DISTINCT FROM $1) \
+                 OR ($3 AND (last_seen_at IS NULL OR last_seen_at < $6)))",
+                vec![
+                    version.into(),
+                    key.into(),
+                    seen.into(),
+                    at.into(),
+                    report.id.clone().into(),
+                    stale.into(),
+                ],
+            ))
+            .await?;
+        }
+        return Ok(());
+    }
+    // Columns bound as text arrays (whose elements cannot be NULL): no firmware is ''.
+    let mut ids = Vec::with_capacity(reports.len());
+    let mut versions = Vec::with_capacity(reports.len());
+    let mut keys = Vec::with_capacity(reports.len());
+    for report in reports {
+        let (version, key) = firmware_columns(report.firmware.as_ref());
+        ids.push(report.id.clone());
+        versions.push(version.unwrap_or_default());
+        keys.push(key.unwrap_or_default());
+    }
+    let to_write = txn
+        .query_all_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            "SELECT d.id FROM devices AS d \
+             LEFT JOIN unnest($1::text[], $2::text[]) AS x(id, version) ON x.id = d.id \
+             WHERE d.id = ANY($1) AND ((x.version <> '' AND d.firmware_version IS DISTINCT FROM x.version) \
+             OR ($3 AND (d.last_seen_at IS NULL OR d.last_seen_at < $4))) \
+             OR d.id = ANY($5) \
+             ORDER BY d.id FOR UPDATE OF d",
+            vec![
+                ids.clone().into(),
+                versions.clone().into(),
+                seen.into(),
+                stale.into(),
+                locked.to_vec().into(),
+            ],
+        ))
+        .await?;
+    let mut writes = to_write
+        .iter()
+        .filter_map(|row| row.try_get_by_index::<String>(0).ok());
+    if !writes.any(|id| !locked.contains(&id)) {
+        // Nothing to write, only the caller's rows to lock.
+        return Ok(());
+    }
+    txn.execute_raw(Statement::from_sql_and_values(
+        DatabaseBackend::Postgres,
+        "UPDATE devices AS d SET firmware_version = coalesce(NULLIF(x.version, ''), d.firmware_version), \
+         firmware_key = coalesce(NULLIF(x.key, ''), d.firmware_key), \
+         last_seen_at = CASE WHEN $4 THEN $6 ELSE d.last_seen_at END \
+         FROM unnest($1::text[], $2::text[], $3::text[]) AS x(id, version, key) \
+         WHERE d.id = x.id AND ((x.version <> '' AND d.firmware_version IS DISTINCT FROM x.version) \
+         OR ($4 AND (d.last_seen_at IS NULL OR d.last_seen_at < $5)))",
+        vec![
+            ids.into(),
+            versions.into(),
+            keys.into(),
+            seen.into(),
+            stale.into(),
+            at.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// The registry's firmware columns (version, sortable key) for a reported version.
+fn firmware_columns(firmware: Option<&semver::Version>) -> (Option<String>, Option<String>) {
+    (
+        firmware.map(ToString::to_string),
+        firmware.map(super::version_key::of),
+    )
+}
+
 /// Reads one device.
 pub async fn get(db: &impl ConnectionTrait, id: &str) -> Result<Device, Error> {
     devices::Entity::find_by_id(id.to_owned())

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 
 use crate::audit::{self, Actor};
 use crate::jobs;
+use crate::registry::devices::{Report, record_reports};
 use crate::registry::entities::{devices, shadows};
 use document::{Rejection, Shadow};
 
@@ -162,9 +163,10 @@ fn update_answers(updated: document::Updated) -> Vec<Outgoing> {
 /// transaction, as [`handle`] would one by one, with set-based statements on PostgreSQL:
 /// one locks and reads the run's shadows, one writes the changed ones back (devices without
 /// a shadow yet take three more: their device rows locked, their shadows read again, an
-/// `INSERT`). Locks are taken as [`lock_one`] takes them. What follows from a report (the registry's
-/// firmware version, an execution's transition) is then applied request by request, in
-/// order. Answers come back in the requests' order.
+/// `INSERT`). Locks are taken as [`lock_one`] takes them. The registry then records the
+/// run's firmware and last-seen times ([`record_reports`]: two statements, the device rows
+/// written only where something changed), and each report's transition follows, request by
+/// request, in order. Answers come back in the requests' order.
 pub async fn update_run(
     txn: &impl ConnectionTrait,
     run: &[(&DeviceId, &[u8])],
@@ -253,21 +255,49 @@ pub async fn update_run(
         }
     }
     write_back(txn, &shadows).await?;
-    // The device rows the reports' firmware is recorded in, locked in id order before any
-    // report follows (an execution's transition may take the audit log's lock, which the
-    // API's change of a device takes after that device's row).
-    let mut recorded: Vec<String> = reports
-        .iter()
-        .filter(|(_, firmware, _)| firmware.is_some())
-        .map(|(thing, _, _)| thing.as_str().to_owned())
-        .collect();
-    recorded.sort_unstable();
-    recorded.dedup();
-    if !recorded.is_empty() {
-        lock_devices(txn, recorded).await?;
+    // What the run says about each device (the firmware its shadow reports, when it was
+    // seen) goes to the registry before any report follows: the rows to write are locked in
+    // id order first (an execution's transition may take the audit log's lock, which the
+    // API's change of a device takes after that device's row). A device whose reports named
+    // different firmware (rare: a reboot lies between them) has its row locked with them
+    // and each report's firmware recorded in order, before that report's transition.
+    let at = crate::db::now();
+    let mut last: HashMap<&str, (Option<&semver::Version>, bool)> = HashMap::new();
+    for (thing, firmware, _) in &reports {
+        let version = firmware.as_ref().map(|f| &f.version);
+        last.entry(thing.as_str())
+            .and_modify(|(v, mixed)| {
+                *mixed |= *v != version;
+                *v = version;
+            })
+            .or_insert((version, false));
     }
+    let (mut once, mut mixed) = (Vec::with_capacity(last.len()), Vec::new());
+    for (id, (version, several)) in last {
+        if several {
+            mixed.push(id.to_owned());
+        } else {
+            once.push(Report {
+                id: id.to_owned(),
+                firmware: version.cloned(),
+            });
+        }
+    }
+    once.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    mixed.sort_unstable();
+    record_reports(txn, &once, &mixed, true, at).await?;
     for (thing, firmware, request) in reports {
-        follow_report(txn, thing, firmware, &request).await?;
+        if mixed
+            .binary_search_by(|id| id.as_str().cmp(thing.as_str()))
+            .is_ok()
+        {
+            let report = Report {
+                id: thing.as_str().to_owned(),
+                firmware: firmware.map(|f| f.version),
+            };
+            record_reports(txn, &[report], &[], true, at).await?;
+        }
+        follow_report(txn, thing, &request).await?;
     }
     Ok(answers)
 }
@@ -435,7 +465,7 @@ fn decode_document(device: &str, document: &str, version: i64) -> Result<Shadow,
 /// Applies an update request to a registered device's shadow in one transaction, and keeps
 /// the registry's firmware version in step with `reported.firmware`.
 /// A person's change (through the API) is audited in the same transaction as `actor`;
-/// device reports (`actor` None) are not. A transaction PostgreSQL aborts as a deadlock
+/// device reports (`actor` None) are not, and renew the device's last-seen time. A transaction PostgreSQL aborts as a deadlock
 /// (possible, for example, while a device's first shadow is created: see `lock_one`) is
 /// run again ([`crate::db::retry_conflicts`]).
 pub async fn apply(
@@ -484,7 +514,13 @@ pub async fn apply_in(
             .exec_without_returning(txn)
             .await?;
     }
-    follow_report(txn, thing, reported_firmware(&updated.shadow), request).await?;
+    let report = Report {
+        id: thing.as_str().to_owned(),
+        firmware: reported_firmware(&updated.shadow).map(|f| f.version),
+    };
+    // A device's own report says when it was seen; a person's change does not.
+    record_reports(txn, &[report], &[], actor.is_none(), crate::db::now()).await?;
+    follow_report(txn, thing, request).await?;
     if let Some(actor) = actor {
         audit::append(
             txn,
@@ -503,8 +539,9 @@ pub async fn apply_in(
 /// A registered device's shadow row (None: no shadow yet), locked in the order the writers
 /// of a device's shadow take their locks: the shadow row; only when there is none, the
 /// device row and then the shadow row again (another writer may have created it
-/// meanwhile). What follows from a report locks the device row after its shadow row (a run
-/// locks all its reporting devices' rows in id order first), and so does removing a device.
+/// meanwhile). Recording a report in the registry locks the device row after its shadow row
+/// (a run locks the rows it writes in id order, all before any transition), and so does
+/// removing a device.
 /// The exception is a device's first shadow (the device row, then the shadow row): a writer
 /// that finds a shadow created meanwhile can deadlock with one that locked it. PostgreSQL
 /// then aborts one of them, which is run again ([`apply`]; the bridge's batches), as it is
@@ -544,24 +581,13 @@ fn reported_firmware(shadow: &Shadow) -> Option<FirmwareReport> {
         .and_then(|f| serde_json::from_value::<FirmwareReport>(f.clone()).ok())
 }
 
-/// What an applied update reports beyond the shadow: the firmware the device runs (kept in
-/// the registry) and an execution's progress (`reported.ota`, a job transition).
+/// What an applied update reports beyond the shadow and the registry (recorded with
+/// [`record_reports`] first): an execution's progress (`reported.ota`, a job transition).
 async fn follow_report(
     txn: &impl ConnectionTrait,
     thing: &DeviceId,
-    firmware: Option<FirmwareReport>,
     request: &Value,
 ) -> Result<(), DbErr> {
-    if let Some(firmware) = firmware {
-        if let Err(e) =
-            crate::registry::devices::record_firmware(txn, thing.as_str(), &firmware.version).await
-        {
-            return Err(match e {
-                crate::registry::Error::Db(db) => db,
-                other => DbErr::Custom(other.to_string()),
-            });
-        }
-    }
     // Looked up level by level: `Value::pointer` allocates a string per level, on every
     // device update.
     if let Some(ota) = request

@@ -1,6 +1,7 @@
 //! Benchmark P2: device updates ingested through the broker into PostgreSQL. Many MQTT
 //! clients publish shadow updates (the path a job update takes too: a job report is the
-//! `reported.ota` section of one) to a Mosquitto of the benchmark's own, with the message
+//! `reported.ota` section of one; each client's first update reports its firmware, as the
+//! agent's does, so the registry follows every update) to a Mosquitto of the benchmark's own, with the message
 //! limits `fleetwave broker config` writes; `fleetwave serve`, a process of its own as
 //! deployed, applies each in a transaction and answers on `…/update/accepted` and
 //! `…/update/documents`. The baseline is the raw
@@ -429,8 +430,16 @@ fn publish_all(clients: &[AsyncClient], messages: usize, topic: impl Fn(usize) -
         let topic = topic(i);
         tokio::spawn(async move {
             for k in 0..messages {
+                // The first update reports the running firmware, as the agent does when it
+                // connects; the shadow keeps reporting it, so every later update takes
+                // the registry's path too (its firmware and last-seen time).
+                let firmware = if k == 0 {
+                    r#""firmware":{"version":"1.0.0","slot":"a"},"#
+                } else {
+                    ""
+                };
                 let payload = format!(
-                    r#"{{"state":{{"reported":{{"seq":{k},"temperature":41.5,"uptime":{}}}}},"clientToken":"u-{k}"}}"#,
+                    r#"{{"state":{{"reported":{{{firmware}"seq":{k},"temperature":41.5,"uptime":{}}}}},"clientToken":"u-{k}"}}"#,
                     k * 10
                 );
                 if client

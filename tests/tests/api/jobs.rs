@@ -394,6 +394,59 @@ async fn a_device_deletion_and_a_report_of_the_same_device_do_not_deadlock() {
     );
 }
 
+/// A run of reports in which a device's firmware changes (its reports straddle a reboot)
+/// records each report's firmware before that report's transition: the execution's history
+/// keeps the firmware the device ran when it reported, and the registry the last.
+#[tokio::test]
+async fn each_report_of_a_run_transitions_with_its_own_firmware() {
+    use fleetwave::registry::entities::execution_history;
+    use fleetwave::shadow;
+    use sea_orm::{ColumnTrait, QueryFilter};
+
+    let app = TestApp::spawn(Backend::Postgres).await.unwrap();
+    app.register_device("pi-7").await;
+    app.register_device("pi-8").await;
+    write_queued_execution(&app.db, "job-7", "pi-7", chrono::Utc::now()).await;
+    let (pi7, pi8) = (
+        DeviceId::parse("pi-7").unwrap(),
+        DeviceId::parse("pi-8").unwrap(),
+    );
+    let downloading = json!({"state": {"reported": {
+        "firmware": {"version": "1.0.0", "slot": "a"},
+        "ota": {"job": "job-7", "state": "IN_PROGRESS", "step": "downloading", "progress": 0},
+    }}})
+    .to_string();
+    let rebooted =
+        json!({"state": {"reported": {"firmware": {"version": "2.0.0", "slot": "b"}}}}).to_string();
+    let other = json!({"state": {"reported": {"uptime": 1}}}).to_string();
+    let txn = app.db.begin().await.unwrap();
+    shadow::update_run(
+        &txn,
+        &[
+            (&pi7, downloading.as_bytes()),
+            (&pi8, other.as_bytes()),
+            (&pi7, rebooted.as_bytes()),
+        ],
+    )
+    .await
+    .unwrap();
+    txn.commit().await.unwrap();
+    let history = execution_history::Entity::find()
+        .filter(execution_history::Column::JobId.eq("job-7"))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0].to_state, "IN_PROGRESS");
+    assert_eq!(
+        history[0].firmware_version.as_deref(),
+        Some("1.0.0"),
+        "the firmware at the report, not the run's last"
+    );
+    let (_, device) = app.call(Method::GET, "/v1/devices/pi-7", None).await;
+    assert_eq!(device["firmware_version"], "2.0.0", "{device}");
+}
+
 /// Writes job `job` (of no release the service knows) and its QUEUED execution on `device`.
 async fn write_queued_execution(
     db: &impl sea_orm::ConnectionTrait,

@@ -758,6 +758,132 @@ async fn an_api_change_aborted_as_a_deadlock_runs_again() {
     assert_eq!(device["firmware_version"], "1.2.0", "{device}");
 }
 
+/// Device reports keep the registry's firmware and last-seen time, and write a device's
+/// row only when one of them changes: the same firmware reported again within a minute
+/// leaves the row as it was (its `xmin` unchanged), a new version is written at once, a
+/// stale last-seen time is renewed, and a person's change of the shadow does not count as
+/// the device being seen. Both paths: a run of updates and a lone one.
+#[tokio::test]
+async fn reports_write_a_device_row_only_when_its_firmware_or_last_seen_changes() {
+    use fleetwave::shadow;
+    use fleetwave_artifacts::DeviceId;
+    use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+
+    let app = app_with_devices(&["seen-a", "seen-b"]).await;
+    let (a, b) = (
+        DeviceId::parse("seen-a").unwrap(),
+        DeviceId::parse("seen-b").unwrap(),
+    );
+    let report = |version: &str, k: u32| {
+        json!({"state": {"reported": {"firmware": {"version": version, "slot": "a"}, "uptime": k}}})
+            .to_string()
+    };
+    let run = |things: Vec<(DeviceId, String)>| {
+        let db = app.db.clone();
+        async move {
+            let txn = db.begin().await.unwrap();
+            let run: Vec<(&DeviceId, &[u8])> =
+                things.iter().map(|(t, p)| (t, p.as_bytes())).collect();
+            shadow::update_run(&txn, &run).await.unwrap();
+            txn.commit().await.unwrap();
+        }
+    };
+    // (firmware, last seen, row version) of a device.
+    let row = |id: &'static str| {
+        let db = app.db.clone();
+        async move {
+            let r = db
+                .query_one_raw(Statement::from_sql_and_values(
+                    sea_orm::DatabaseBackend::Postgres,
+                    "SELECT firmware_version, last_seen_at::text AS seen, xmin::text AS xmin \
+                     FROM devices WHERE id = $1",
+                    vec![id.into()],
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            (
+                r.try_get::<Option<String>>("", "firmware_version").unwrap(),
+                r.try_get::<Option<String>>("", "seen").unwrap(),
+                r.try_get::<String>("", "xmin").unwrap(),
+            )
+        }
+    };
+    let (_, never, _) = row("seen-a").await;
+    assert_eq!(never, None, "not seen before its first report");
+
+    // A run: both devices' firmware and last-seen time recorded.
+    run(vec![
+        (a.clone(), report("1.0.0", 1)),
+        (b.clone(), report("1.0.0", 1)),
+    ])
+    .await;
+    let first = row("seen-a").await;
+    assert_eq!(first.0.as_deref(), Some("1.0.0"));
+    assert!(first.1.is_some(), "seen");
+    // The same firmware again, within the minute: the row is not written.
+    run(vec![
+        (a.clone(), report("1.0.0", 2)),
+        (b.clone(), report("1.0.0", 2)),
+    ])
+    .await;
+    run(vec![(a.clone(), report("1.0.0", 3))]).await;
+    assert_eq!(
+        row("seen-a").await,
+        first,
+        "no write for a report that changes nothing"
+    );
+    // A new version is written at once, by a run and by a lone update.
+    run(vec![
+        (a.clone(), report("1.1.0", 4)),
+        (b.clone(), report("1.0.0", 4)),
+    ])
+    .await;
+    let second = row("seen-a").await;
+    assert_eq!(second.0.as_deref(), Some("1.1.0"));
+    assert_ne!(second.2, first.2);
+    run(vec![(b.clone(), report("1.2.0", 5))]).await;
+    assert_eq!(row("seen-b").await.0.as_deref(), Some("1.2.0"));
+
+    // A last-seen time older than a minute is renewed by the next report.
+    let age = |id: &'static str| {
+        let db = app.db.clone();
+        async move {
+            db.execute_raw(Statement::from_sql_and_values(
+                sea_orm::DatabaseBackend::Postgres,
+                "UPDATE devices SET last_seen_at = now() - interval '2 minutes' WHERE id = $1",
+                vec![id.into()],
+            ))
+            .await
+            .unwrap();
+            row(id).await
+        }
+    };
+    let old = age("seen-a").await;
+    run(vec![
+        (a.clone(), report("1.1.0", 6)),
+        (b.clone(), report("1.2.0", 6)),
+    ])
+    .await;
+    let renewed = row("seen-a").await;
+    assert!(renewed.1 > old.1, "{renewed:?} renews {old:?}");
+    let old = age("seen-b").await;
+    run(vec![(b.clone(), report("1.2.0", 7))]).await;
+    assert!(row("seen-b").await.1 > old.1, "a lone report renews it too");
+
+    // A person's change of the shadow is not the device being seen.
+    let old = age("seen-a").await;
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            "/v1/devices/seen-a/shadow",
+            Some(json!({"desired": {"mode": "eco"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(row("seen-a").await, old);
+}
+
 /// Sessions of the test's database waiting for a lock.
 async fn lock_waits(app: &TestApp) -> i64 {
     use sea_orm::{ConnectionTrait, Statement};
