@@ -3,20 +3,20 @@
 //! and a low-speed timeout. Every [`CHUNK`] bytes the slot is synced and the caller records
 //! the durable length, so a break re-fetches less than one chunk.
 //!
-//! The syncs and the hashing happen off the download's path, on a thread of their own (the
-//! [`Readback`]): it syncs each chunk the download has written, then reads it back from the
-//! slot and hashes it, so the digest a job checks is that of the bytes the slot holds, and
-//! the whole image is verified when the last chunk lands, with no second pass over it.
+//! The slot is written on a thread of its own (the [`Writer`]): the download hands it the
+//! body's pieces as they arrive (shared, not copied); it writes them, syncs each chunk, then
+//! reads the chunk back from the slot and hashes it, so the digest a job checks is that of
+//! the bytes the slot holds, and the whole image is verified when the last chunk lands,
+//! with no second pass over it.
 
-use std::io::{Read, Seek};
+use std::io::{IoSlice, Read, Seek, Write};
 use std::path::Path;
-use std::sync::mpsc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use fleetwave_artifacts::digest::ImageHasher;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 /// Bytes between syncs of the slot (and reported progress). Measured on this project's
 /// machine, a sync every MiB cost twice the time per GiB of one every 4 MiB.
@@ -25,8 +25,9 @@ pub const CHUNK: u64 = 4 << 20;
 pub const LOW_SPEED_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes read back at a time.
 const READ_BUFFER: usize = 256 * 1024;
-/// Bytes of the body gathered before they are written to the slot.
-const WRITE_BUFFER: usize = 1 << 20;
+/// Pieces of the body queued for the slot's thread at most (hyper's pieces are at most
+/// about 400 KiB, so a few MiB in all): the download waits when the slot falls behind.
+const QUEUED_PIECES: usize = 8;
 /// How long the download waits before reading again once the socket was drained (see
 /// [`drained`]): the next read then takes what gathered meanwhile (the kernel buffers it and
 /// the TCP window stays open) instead of waking for every few KiB. On this project's machine
@@ -97,8 +98,8 @@ pub async fn fetch(
         fetched: 0,
     };
     if from >= size {
-        let readback = Readback::start(slot, from, size)?;
-        let readback = readback.finish(None, &mut progress, &mut synced).await?;
+        let writer = Writer::start(slot, from, size)?;
+        let readback = writer.finish(&mut progress, &mut synced).await?;
         return Ok(Fetched { progress, readback });
     }
     let mut request = http.get(url);
@@ -127,17 +128,7 @@ pub async fn fetch(
             return Err(Stop::TooLarge(size));
         }
     }
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(slot)
-        .await?;
-    file.seek(std::io::SeekFrom::Start(from)).await?;
-    // The body arrives in pieces of a few KiB; each write to a tokio file is a trip to a
-    // blocking thread, so they are gathered first.
-    let mut file = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
-    let mut readback = Readback::start(slot, from, size)?;
+    let mut writer = Writer::start(slot, from, size)?;
     let mut written = from;
     let mut stream = response.bytes_stream();
     let mut largest = 0;
@@ -147,50 +138,33 @@ pub async fn fetch(
             Err(_) => break Err(Stop::Broken(format!("no data for {LOW_SPEED_TIMEOUT:?}"))),
         };
         let Some(chunk) = next else { break Ok(()) };
-        let chunk = match chunk {
+        let mut chunk = match chunk {
             Ok(chunk) => chunk,
             Err(e) => break Err(Stop::Broken(e.to_string())),
         };
         progress.fetched += chunk.len() as u64;
-        let mut bytes = &chunk[..];
+        let len = chunk.len();
         if skip > 0 {
-            let n = (skip as usize).min(bytes.len());
-            bytes = &bytes[n..];
+            let n = (skip as usize).min(chunk.len());
+            chunk = chunk.slice(n..);
             skip -= n as u64;
         }
-        if written + bytes.len() as u64 > size {
+        if written + chunk.len() as u64 > size {
             return Err(Stop::TooLarge(size));
         }
-        // Hand each chunk boundary crossed to the read-back (after the bytes reached the
-        // file), so the durable length stays about a chunk behind.
-        while !bytes.is_empty() {
-            let boundary = (written / CHUNK + 1) * CHUNK;
-            let take = ((boundary - written) as usize).min(bytes.len());
-            file.write_all(&bytes[..take]).await?;
-            written += take as u64;
-            bytes = &bytes[take..];
-            if written % CHUNK == 0 && written < size {
-                file.flush().await?;
-                readback.sync(written);
-            }
+        written += chunk.len() as u64;
+        if !chunk.is_empty() && !writer.write(chunk).await {
+            // Its error comes out of `finish` below.
+            break Err(Stop::Io(std::io::Error::other("the slot's writer stopped")));
         }
-        readback.report(&mut progress, &mut synced);
-        if drained(chunk.len(), largest) && written < size {
+        writer.report(&mut progress, &mut synced);
+        if drained(len, largest) && written < size {
             tokio::time::sleep(COALESCE_WAIT).await;
         }
-        largest = largest.max(chunk.len());
-        if readback.stopped() {
-            // Its error comes out of `finish` below.
-            break Err(Stop::Io(std::io::Error::other(
-                "the slot's read-back stopped",
-            )));
-        }
+        largest = largest.max(len);
     };
-    file.flush().await?;
     // Whatever ended the attempt, what was written becomes durable and counted.
-    let readback = readback
-        .finish(Some(written), &mut progress, &mut synced)
-        .await?;
+    let readback = writer.finish(&mut progress, &mut synced).await?;
     ended?;
     if written < size {
         return Err(Stop::Broken(format!(
@@ -200,61 +174,67 @@ pub async fn fetch(
     Ok(Fetched { progress, readback })
 }
 
-/// The thread that syncs the slot chunk by chunk and hashes what it reads back.
-struct Readback {
-    boundaries: mpsc::Sender<u64>,
+/// The slot's thread: writes the pieces the download hands it, syncs every [`CHUNK`] bytes
+/// (and at the end), and reads back and hashes what each sync made durable.
+struct Writer {
+    pieces: tokio::sync::mpsc::Sender<Bytes>,
     durable: tokio::sync::mpsc::UnboundedReceiver<u64>,
     thread: std::thread::JoinHandle<std::io::Result<ImageHasher>>,
 }
 
-impl Readback {
-    /// Starts it on `slot`, first hashing the `from` bytes already there (a resumed
-    /// download), for an image of `size` bytes.
+impl Writer {
+    /// Starts it on `slot` (created if missing, kept as it is up to `from`), first hashing
+    /// the `from` bytes already there (a resumed download), for an image of `size` bytes.
     fn start(slot: &Path, from: u64, size: u64) -> std::io::Result<Self> {
-        let writer = std::fs::OpenOptions::new().write(true).open(slot);
-        // A download that never wrote has no slot file yet when nothing is to be fetched.
-        let writer = match writer {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && from == 0 => None,
-            other => Some(other?),
-        };
-        let reader = writer
-            .as_ref()
-            .map(|_| std::fs::File::open(slot))
-            .transpose()?;
-        let (boundaries, wanted) = mpsc::channel::<u64>();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(slot)?;
+        file.seek(std::io::SeekFrom::Start(from))?;
+        let mut reader = std::fs::File::open(slot)?;
+        let (pieces, mut arriving) = tokio::sync::mpsc::channel::<Bytes>(QUEUED_PIECES);
         let (done, durable) = tokio::sync::mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
-            .name("slot-readback".into())
+            .name("slot-writer".into())
             .spawn(move || -> std::io::Result<ImageHasher> {
                 let mut hasher = ImageHasher::new(size);
-                let (Some(writer), Some(mut reader)) = (writer, reader) else {
-                    return Ok(hasher);
-                };
                 let mut buf = vec![0u8; READ_BUFFER];
                 hash_until(&mut reader, &mut hasher, from.min(size), &mut buf)?;
-                for boundary in wanted {
-                    writer.sync_data()?;
-                    hash_until(&mut reader, &mut hasher, boundary, &mut buf)?;
-                    if done.send(boundary).is_err() {
-                        break;
+                let (mut written, mut synced) = (from, from);
+                let mut batch = Vec::with_capacity(QUEUED_PIECES);
+                loop {
+                    // Everything queued is written with one call.
+                    let open = arriving.blocking_recv_many(&mut batch, QUEUED_PIECES) > 0;
+                    write_pieces(&mut file, &batch)?;
+                    written += batch.iter().map(|p| p.len() as u64).sum::<u64>();
+                    batch.clear();
+                    if written > synced && (written - synced >= CHUNK || !open) {
+                        file.sync_data()?;
+                        hash_until(&mut reader, &mut hasher, written, &mut buf)?;
+                        synced = written;
+                        // The download may have ended meanwhile; the hash still counts.
+                        let _ = done.send(synced);
+                    }
+                    if !open {
+                        return Ok(hasher);
                     }
                 }
-                Ok(hasher)
             })?;
-        Ok(Readback {
-            boundaries,
+        Ok(Writer {
+            pieces,
             durable,
             thread,
         })
     }
 
-    /// Asks for the slot to be synced (and read back) up to `boundary`.
-    fn sync(&self, boundary: u64) {
-        // A thread that stopped has an error, which `finish` returns.
-        let _ = self.boundaries.send(boundary);
+    /// Hands `piece` (the next bytes of the image) to the thread, waiting while it has
+    /// [`QUEUED_PIECES`] queued; false if it stopped (a write, sync or read failed).
+    async fn write(&self, piece: Bytes) -> bool {
+        self.pieces.send(piece).await.is_ok()
     }
 
-    /// Reports every boundary made durable since the last call.
+    /// Reports every sync made since the last call.
     fn report(&mut self, progress: &mut Progress, synced: &mut impl FnMut(Progress)) {
         while let Ok(durable) = self.durable.try_recv() {
             progress.durable = durable;
@@ -262,33 +242,42 @@ impl Readback {
         }
     }
 
-    /// Whether the thread ended before it was told to: a sync or a read failed.
-    fn stopped(&self) -> bool {
-        self.thread.is_finished()
-    }
-
-    /// Syncs up to `last` (when given), waits for every sync asked for, reports them and
+    /// Lets the thread write, sync and read back what it was handed, reports every sync and
     /// returns the hasher.
     async fn finish(
-        mut self,
-        last: Option<u64>,
+        self,
         progress: &mut Progress,
         synced: &mut impl FnMut(Progress),
     ) -> std::io::Result<ImageHasher> {
-        if let Some(last) = last.filter(|&l| l > progress.durable) {
-            self.sync(last);
-        }
-        drop(self.boundaries);
-        while let Some(durable) = self.durable.recv().await {
-            progress.durable = durable;
+        let Writer {
+            pieces,
+            mut durable,
+            thread,
+        } = self;
+        drop(pieces);
+        while let Some(at) = durable.recv().await {
+            progress.durable = at;
             synced(*progress);
         }
-        let thread = self.thread;
         tokio::task::spawn_blocking(move || thread.join())
             .await
             .map_err(std::io::Error::other)?
-            .map_err(|_| std::io::Error::other("the read-back thread panicked"))?
+            .map_err(|_| std::io::Error::other("the slot's writer panicked"))?
     }
+}
+
+/// Writes `pieces` to `file` in order, in as few calls as the kernel allows.
+fn write_pieces(file: &mut std::fs::File, pieces: &[Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        let n = file.write_vectored(slices)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
 }
 
 /// Reads `reader` on from where it stands up to byte `end`, into `hasher`.
