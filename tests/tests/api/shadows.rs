@@ -657,15 +657,11 @@ async fn a_run_holding_shadows_waits_for_no_api_update_or_removal_in_a_cycle() {
             .send(),
     );
     // Both requests wait in the database for the run's locks.
-    let mut waiting = 0;
-    for _ in 0..200 {
-        waiting = lock_waits(&app).await;
-        if waiting >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(waiting, 2, "both requests wait for the run's locks");
+    assert_eq!(
+        lock_waits(&app, 2).await,
+        2,
+        "both requests wait for the run's locks"
+    );
     assert!(!update.is_finished() && !removal.is_finished());
     // Now the run's reports name firmware: the device rows are written, after the shadows.
     shadow::update_run(
@@ -732,15 +728,11 @@ async fn an_api_change_aborted_as_a_deadlock_runs_again() {
             .json(&json!({"serial": "SN-1"}))
             .send(),
     );
-    let mut waiting = 0;
-    for _ in 0..200 {
-        waiting = lock_waits(&app).await;
-        if waiting >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(waiting, 1, "the change waits for the audit log");
+    assert_eq!(
+        lock_waits(&app, 1).await,
+        1,
+        "the change waits for the audit log"
+    );
     // The batch's later run reports firmware: it waits for the device's row. PostgreSQL
     // aborts the change, which runs again once the batch commits.
     shadow::update_run(
@@ -884,18 +876,28 @@ async fn reports_write_a_device_row_only_when_its_firmware_or_last_seen_changes(
     assert_eq!(row("seen-a").await, old);
 }
 
-/// Sessions of the test's database waiting for a lock.
-async fn lock_waits(app: &TestApp) -> i64 {
+/// Sessions of the test's database waiting for a lock, once there are `expected` of them
+/// (or after 10 s, however many there are then).
+async fn lock_waits(app: &TestApp, expected: i64) -> i64 {
     use sea_orm::{ConnectionTrait, Statement};
-    app.db
-        .query_one_raw(Statement::from_string(
-            sea_orm::DatabaseBackend::Postgres,
-            "SELECT count(*)::bigint AS n FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get::<i64>("", "n")
-        .unwrap()
+    let mut waiting = 0;
+    for _ in 0..200 {
+        waiting = app
+            .db
+            .query_one_raw(Statement::from_string(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT count(*)::bigint AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get::<i64>("", "n")
+            .unwrap();
+        if waiting >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    waiting
 }
