@@ -1,13 +1,15 @@
 //! Streaming an image from its (presigned) URL straight into a slot: bounded memory whatever
 //! the size, `Range` to resume from the last durable byte, a hard stop past the signed size,
-//! and a low-speed timeout. Every [`CHUNK`] bytes the slot is synced and the caller records
-//! the durable length, so a break re-fetches less than one chunk.
+//! and a low-speed timeout. Once [`CHUNK`] bytes were written since the last sync the slot
+//! is synced and the caller records the durable length, so a break re-fetches about a chunk
+//! at most (plus the pieces queued for the slot).
 //!
 //! The slot is written on a thread of its own (the [`Writer`]): the download hands it the
-//! body's pieces as they arrive (shared, not copied); it writes them, syncs each chunk, then
-//! reads the chunk back from the slot and hashes it, so the digest a job checks is that of
-//! the bytes the slot holds, and the whole image is verified when the last chunk lands,
-//! with no second pass over it.
+//! body's pieces as they arrive (shared, not copied); it writes them, syncs, then reads
+//! what it synced back from the slot and hashes it, so the digest a job checks is that of
+//! the bytes the slot holds, and the whole image is verified when the last bytes land,
+//! with no second pass over it. A resumed download's bytes already in the slot are read
+//! back before the request, so the body never waits behind them.
 
 use std::io::{IoSlice, Read, Seek, Write};
 use std::path::Path;
@@ -25,8 +27,9 @@ pub const CHUNK: u64 = 4 << 20;
 pub const LOW_SPEED_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes read back at a time.
 const READ_BUFFER: usize = 256 * 1024;
-/// Pieces of the body queued for the slot's thread at most (hyper's pieces are at most
-/// about 400 KiB, so a few MiB in all): the download waits when the slot falls behind.
+/// Pieces of the body queued for the slot's thread at most: the download waits when the
+/// slot falls behind. With the batch the thread is writing and the piece in hand, at most
+/// twice this plus one are held; hyper's pieces are at most about 400 KiB.
 const QUEUED_PIECES: usize = 8;
 /// How long the download waits before reading again once the socket was drained (see
 /// [`drained`]): the next read then takes what gathered meanwhile (the kernel buffers it and
@@ -97,8 +100,10 @@ pub async fn fetch(
         durable: from,
         fetched: 0,
     };
-    if from >= size {
-        let writer = Writer::start(slot, from, size)?;
+    // The slot's bytes already there (a resumed download) are read back and hashed before
+    // the request: the body is never held up behind them.
+    let mut writer = Writer::start(slot, from, size)?;
+    if from >= size || !writer.ready().await {
         let readback = writer.finish(&mut progress, &mut synced).await?;
         return Ok(Fetched { progress, readback });
     }
@@ -128,7 +133,6 @@ pub async fn fetch(
             return Err(Stop::TooLarge(size));
         }
     }
-    let mut writer = Writer::start(slot, from, size)?;
     let mut written = from;
     let mut stream = response.bytes_stream();
     let mut largest = 0;
@@ -150,7 +154,7 @@ pub async fn fetch(
             skip -= n as u64;
         }
         if written + chunk.len() as u64 > size {
-            return Err(Stop::TooLarge(size));
+            break Err(Stop::TooLarge(size));
         }
         written += chunk.len() as u64;
         if !chunk.is_empty() && !writer.write(chunk).await {
@@ -174,10 +178,13 @@ pub async fn fetch(
     Ok(Fetched { progress, readback })
 }
 
-/// The slot's thread: writes the pieces the download hands it, syncs every [`CHUNK`] bytes
-/// (and at the end), and reads back and hashes what each sync made durable.
+/// The slot's thread: writes the pieces the download hands it, syncs once [`CHUNK`] bytes
+/// were written since the last sync (and at the end), and reads back and hashes what each
+/// sync made durable.
 struct Writer {
     pieces: tokio::sync::mpsc::Sender<Bytes>,
+    /// Sent once the bytes already in the slot are hashed.
+    ready: Option<tokio::sync::oneshot::Receiver<()>>,
     durable: tokio::sync::mpsc::UnboundedReceiver<u64>,
     thread: std::thread::JoinHandle<std::io::Result<ImageHasher>>,
 }
@@ -195,12 +202,14 @@ impl Writer {
         let mut reader = std::fs::File::open(slot)?;
         let (pieces, mut arriving) = tokio::sync::mpsc::channel::<Bytes>(QUEUED_PIECES);
         let (done, durable) = tokio::sync::mpsc::unbounded_channel();
+        let (hashed, ready) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("slot-writer".into())
             .spawn(move || -> std::io::Result<ImageHasher> {
                 let mut hasher = ImageHasher::new(size);
                 let mut buf = vec![0u8; READ_BUFFER];
                 hash_until(&mut reader, &mut hasher, from.min(size), &mut buf)?;
+                let _ = hashed.send(());
                 let (mut written, mut synced) = (from, from);
                 let mut batch = Vec::with_capacity(QUEUED_PIECES);
                 loop {
@@ -223,9 +232,19 @@ impl Writer {
             })?;
         Ok(Writer {
             pieces,
+            ready: Some(ready),
             durable,
             thread,
         })
+    }
+
+    /// Waits until the bytes already in the slot are hashed; false if the thread stopped
+    /// (its error comes out of [`Writer::finish`]).
+    async fn ready(&mut self) -> bool {
+        match self.ready.take() {
+            Some(ready) => ready.await.is_ok(),
+            None => true,
+        }
     }
 
     /// Hands `piece` (the next bytes of the image) to the thread, waiting while it has
@@ -253,6 +272,7 @@ impl Writer {
             pieces,
             mut durable,
             thread,
+            ..
         } = self;
         drop(pieces);
         while let Some(at) = durable.recv().await {

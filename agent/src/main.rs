@@ -225,15 +225,9 @@ fn fetch(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut http =
-            reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(20));
-        if url.starts_with("http://") {
-            // Plain HTTP needs no certificates: loading the system's store (a bundle and a
-            // file per authority) took longer than downloading 4 MiB. A redirect to HTTPS
-            // then fails its certificate check.
-            http = http.tls_certs_only(std::iter::empty());
-        }
-        let http = http.build()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(20))
+            .build()?;
         // A fresh file: a stale longer one must not pass for the image.
         std::fs::File::create(image)?;
         let mut from = 0;

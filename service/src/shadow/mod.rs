@@ -539,9 +539,9 @@ pub async fn apply_in(
 /// A registered device's shadow row (None: no shadow yet), locked in the order the writers
 /// of a device's shadow take their locks: the shadow row; only when there is none, the
 /// device row and then the shadow row again (another writer may have created it
-/// meanwhile). Recording a report in the registry locks the device row after its shadow row
-/// (a run locks the rows it writes in id order, all before any transition), and so does
-/// removing a device.
+/// meanwhile). Recording a report in the registry, when it writes the device row, locks it
+/// after the shadow row (a run locks the rows it writes in id order, all before any
+/// transition), and so does removing a device.
 /// The exception is a device's first shadow (the device row, then the shadow row): a writer
 /// that finds a shadow created meanwhile can deadlock with one that locked it. PostgreSQL
 /// then aborts one of them, which is run again ([`apply`]; the bridge's batches), as it is
