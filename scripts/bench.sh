@@ -28,6 +28,8 @@ cargo run "${profile[@]}" --quiet -p fleetwave-tests --bin bench-ingest -- --cli
 echo
 echo "## Agent pipeline (P3): download + sync + read-back sha256"
 cargo run "${profile[@]}" --quiet -p fleetwave-tests --bin bench-agent -- --size-mib 64 --size-mib 1024
+# The same 64 MiB with the cores kept out of idle (a diagnostic: this VM's wake-ups are slow).
+cargo run "${profile[@]}" --quiet -p fleetwave-tests --bin bench-agent -- --size-mib 64 --busy-cores
 echo
 echo "## Service memory with a large fleet during a rollout (P5)"
 cargo run "${profile[@]}" --quiet -p fleetwave-tests --bin bench-scale -- --devices "${BENCH_SCALE_DEVICES:-1000000}"

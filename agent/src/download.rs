@@ -27,10 +27,13 @@ pub const CHUNK: u64 = 4 << 20;
 pub const LOW_SPEED_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes read back at a time.
 const READ_BUFFER: usize = 256 * 1024;
-/// Pieces of the body queued for the slot's thread at most: the download waits when the
-/// slot falls behind. With the batch the thread is writing and the piece in hand, at most
-/// twice this plus one are held; hyper's pieces are at most about 400 KiB.
-const QUEUED_PIECES: usize = 8;
+/// Bytes of the body's pieces gathered (shared, not copied) before they are handed to the
+/// slot's thread: one wake-up of that thread per batch rather than per piece of a few KiB.
+const BATCH: usize = 1 << 20;
+/// Batches queued for the slot's thread at most: the download waits when the slot falls
+/// behind. With the batch being gathered and the one being written, about four batches
+/// (4 MiB) are held at most.
+const QUEUED_BATCHES: usize = 2;
 /// How long the download waits before reading again once the socket was drained (see
 /// [`drained`]): the next read then takes what gathered meanwhile (the kernel buffers it and
 /// the TCP window stays open) instead of waking for every few KiB. On this project's machine
@@ -182,7 +185,9 @@ pub async fn fetch(
 /// were written since the last sync (and at the end), and reads back and hashes what each
 /// sync made durable.
 struct Writer {
-    pieces: tokio::sync::mpsc::Sender<Bytes>,
+    batches: tokio::sync::mpsc::Sender<Vec<Bytes>>,
+    /// The batch being gathered, and its length in bytes.
+    gathered: (Vec<Bytes>, usize),
     /// Sent once the bytes already in the slot are hashed.
     ready: Option<tokio::sync::oneshot::Receiver<()>>,
     durable: tokio::sync::mpsc::UnboundedReceiver<u64>,
@@ -200,7 +205,7 @@ impl Writer {
             .open(slot)?;
         file.seek(std::io::SeekFrom::Start(from))?;
         let mut reader = std::fs::File::open(slot)?;
-        let (pieces, mut arriving) = tokio::sync::mpsc::channel::<Bytes>(QUEUED_PIECES);
+        let (batches, mut arriving) = tokio::sync::mpsc::channel::<Vec<Bytes>>(QUEUED_BATCHES);
         let (done, durable) = tokio::sync::mpsc::unbounded_channel();
         let (hashed, ready) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
@@ -211,13 +216,12 @@ impl Writer {
                 hash_until(&mut reader, &mut hasher, from.min(size), &mut buf)?;
                 let _ = hashed.send(());
                 let (mut written, mut synced) = (from, from);
-                let mut batch = Vec::with_capacity(QUEUED_PIECES);
                 loop {
-                    // Everything queued is written with one call.
-                    let open = arriving.blocking_recv_many(&mut batch, QUEUED_PIECES) > 0;
+                    let batch = arriving.blocking_recv();
+                    let open = batch.is_some();
+                    let batch = batch.unwrap_or_default();
                     write_pieces(&mut file, &batch)?;
                     written += batch.iter().map(|p| p.len() as u64).sum::<u64>();
-                    batch.clear();
                     if written > synced && (written - synced >= CHUNK || !open) {
                         file.sync_data()?;
                         hash_until(&mut reader, &mut hasher, written, &mut buf)?;
@@ -231,7 +235,8 @@ impl Writer {
                 }
             })?;
         Ok(Writer {
-            pieces,
+            batches,
+            gathered: (Vec::new(), 0),
             ready: Some(ready),
             durable,
             thread,
@@ -247,10 +252,22 @@ impl Writer {
         }
     }
 
-    /// Hands `piece` (the next bytes of the image) to the thread, waiting while it has
-    /// [`QUEUED_PIECES`] queued; false if it stopped (a write, sync or read failed).
-    async fn write(&self, piece: Bytes) -> bool {
-        self.pieces.send(piece).await.is_ok()
+    /// Hands `piece` (the next bytes of the image) to the thread, in batches of
+    /// [`BATCH`] bytes, waiting while it has [`QUEUED_BATCHES`] queued; false if it stopped
+    /// (a write, sync or read failed).
+    async fn write(&mut self, piece: Bytes) -> bool {
+        self.gathered.1 += piece.len();
+        self.gathered.0.push(piece);
+        if self.gathered.1 < BATCH {
+            return true;
+        }
+        self.hand_over().await
+    }
+
+    /// Hands the batch gathered so far to the thread; false if it stopped.
+    async fn hand_over(&mut self) -> bool {
+        let (batch, _) = std::mem::take(&mut self.gathered);
+        batch.is_empty() || self.batches.send(batch).await.is_ok()
     }
 
     /// Reports every sync made since the last call.
@@ -264,17 +281,19 @@ impl Writer {
     /// Lets the thread write, sync and read back what it was handed, reports every sync and
     /// returns the hasher.
     async fn finish(
-        self,
+        mut self,
         progress: &mut Progress,
         synced: &mut impl FnMut(Progress),
     ) -> std::io::Result<ImageHasher> {
+        // A thread that stopped has an error, returned below.
+        self.hand_over().await;
         let Writer {
-            pieces,
+            batches,
             mut durable,
             thread,
             ..
         } = self;
-        drop(pieces);
+        drop(batches);
         while let Some(at) = durable.recv().await {
             progress.durable = at;
             synced(*progress);
