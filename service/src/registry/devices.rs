@@ -280,6 +280,36 @@ pub struct Report {
     pub firmware: Option<semver::Version>,
 }
 
+/// What the registry holds of a device that its reports keep up to date.
+#[derive(Clone, Debug, Default)]
+pub struct Recorded {
+    /// The firmware version it last reported.
+    pub firmware_version: Option<String>,
+    /// When it was last seen.
+    pub last_seen_at: Option<DateTime<Utc>>,
+}
+
+impl Report {
+    /// Whether [`record_reports`] would write a device's row holding `recorded` for this
+    /// report at `at` (the rule its statements apply): its firmware differs, or `seen` and
+    /// the last-seen time is [`SEEN_PRECISION`] old. A caller that read `recorded` under the
+    /// device's shadow row lock (which every writer of these columns holds) can leave out
+    /// the reports that change nothing, and with them a statement.
+    pub fn changes(&self, recorded: &Recorded, seen: bool, at: DateTime<Utc>) -> bool {
+        let firmware = self.firmware.as_ref().is_some_and(|v| {
+            recorded
+                .firmware_version
+                .as_deref()
+                .is_none_or(|r| semver::Version::parse(r).ok().as_ref() != Some(v))
+        });
+        firmware
+            || (seen
+                && recorded
+                    .last_seen_at
+                    .is_none_or(|t| t < at - SEEN_PRECISION))
+    }
+}
+
 /// Records what devices reported through their shadows, `at`: the firmware each one's shadow
 /// reports (its version and sortable key, written when it differs from the registry's) and,
 /// when `seen` (the reports came from the devices, not from a person), when each was last
@@ -600,5 +630,52 @@ impl<T> Page<T> {
             items: rows.into_iter().map(T::from).collect(),
             next_cursor,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_changes_the_registry_only_for_new_firmware_or_a_stale_last_seen() {
+        let at = Utc::now();
+        let v = |s: &str| Some(semver::Version::parse(s).unwrap());
+        let report = |firmware| Report {
+            id: "pi".into(),
+            firmware,
+        };
+        let recorded = |firmware: Option<&str>, seen_ago: Option<i64>| Recorded {
+            firmware_version: firmware.map(str::to_owned),
+            last_seen_at: seen_ago.map(|s| at - chrono::Duration::seconds(s)),
+        };
+        let fresh = recorded(Some("1.0.0"), Some(5));
+        assert!(!report(v("1.0.0")).changes(&fresh, true, at), "nothing new");
+        assert!(
+            !report(None).changes(&fresh, true, at),
+            "no firmware, seen lately"
+        );
+        assert!(report(v("1.1.0")).changes(&fresh, true, at), "new firmware");
+        assert!(
+            report(v("1.1.0")).changes(&fresh, false, at),
+            "even from a person"
+        );
+        assert!(
+            report(v("1.0.0")).changes(&recorded(None, Some(5)), true, at),
+            "first firmware"
+        );
+        let stale = recorded(Some("1.0.0"), Some(61));
+        assert!(
+            report(v("1.0.0")).changes(&stale, true, at),
+            "seen a minute ago"
+        );
+        assert!(
+            !report(v("1.0.0")).changes(&stale, false, at),
+            "not by a person"
+        );
+        assert!(
+            report(None).changes(&recorded(None, None), true, at),
+            "never seen"
+        );
     }
 }

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use crate::audit::{self, Actor};
 use crate::jobs;
-use crate::registry::devices::{Report, record_reports};
+use crate::registry::devices::{Recorded, Report, record_reports};
 use crate::registry::entities::{devices, shadows};
 use document::{Rejection, Shadow};
 
@@ -161,12 +161,13 @@ fn update_answers(updated: document::Updated) -> Vec<Outgoing> {
 
 /// Handles a run of update requests devices sent (in arrival order) inside the caller's
 /// transaction, as [`handle`] would one by one, with set-based statements on PostgreSQL:
-/// one locks and reads the run's shadows, one writes the changed ones back (devices without
-/// a shadow yet take three more: their device rows locked, their shadows read again, an
-/// `INSERT`). Locks are taken as [`lock_one`] takes them. The registry then records the
-/// run's firmware and last-seen times ([`record_reports`]: two statements, the device rows
-/// written only where something changed), and each report's transition follows, request by
-/// request, in order. Answers come back in the requests' order.
+/// one locks and reads the run's shadows (with their devices' registry values), one writes
+/// the changed ones back (devices without a shadow yet take three more: their device rows
+/// locked, their shadows read again, an `INSERT`). Locks are taken as [`lock_one`] takes
+/// them. The registry then records the run's firmware and last-seen times where they
+/// changed ([`record_reports`]: two statements, none when nothing changed, as for most
+/// runs), and each report's transition follows, request by request, in order. Answers come
+/// back in the requests' order.
 pub async fn update_run(
     txn: &impl ConnectionTrait,
     run: &[(&DeviceId, &[u8])],
@@ -283,6 +284,15 @@ pub async fn update_run(
             });
         }
     }
+    // A report that changes nothing in the registry (the same firmware, seen within the
+    // minute: an agent's every report but a few) needs no statement; the registry's values
+    // were read with the shadow, under its lock.
+    once.retain(|report| {
+        shadows
+            .get(&report.id)
+            .and_then(|current| current.recorded.as_ref())
+            .is_none_or(|recorded| report.changes(recorded, true, at))
+    });
     once.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     mixed.sort_unstable();
     record_reports(txn, &once, &mixed, true, at).await?;
@@ -311,6 +321,8 @@ struct Current {
     changed: bool,
     /// Whether its row exists (written back with `UPDATE`, else `INSERT`).
     stored: bool,
+    /// What the registry holds of the device (read with a stored shadow).
+    recorded: Option<Recorded>,
 }
 
 /// Locks the rows of the registered devices among `ids` (`FOR UPDATE`, in id order);
@@ -327,7 +339,8 @@ async fn lock_devices(txn: &impl ConnectionTrait, ids: Vec<String>) -> Result<Ve
     .collect()
 }
 
-/// Reads and locks (`FOR UPDATE`, in id order) the stored shadows of `ids` into `into`.
+/// Reads and locks (`FOR UPDATE`, in id order) the stored shadows of `ids` into `into`,
+/// with what the registry holds of their devices (read, not locked).
 async fn read_locked(
     txn: &impl ConnectionTrait,
     ids: Vec<String>,
@@ -336,8 +349,9 @@ async fn read_locked(
     let rows = txn
         .query_all_raw(sea_orm::Statement::from_sql_and_values(
             sea_orm::DatabaseBackend::Postgres,
-            "SELECT device_id, document, version FROM shadows WHERE device_id = ANY($1) \
-             ORDER BY device_id FOR UPDATE",
+            "SELECT s.device_id, s.document, s.version, d.firmware_version, d.last_seen_at \
+             FROM shadows AS s JOIN devices AS d ON d.id = s.device_id \
+             WHERE s.device_id = ANY($1) ORDER BY s.device_id FOR UPDATE OF s",
             vec![ids.into()],
         ))
         .await?;
@@ -346,12 +360,17 @@ async fn read_locked(
         let document: String = row.try_get_by_index(1)?;
         let version: i64 = row.try_get_by_index(2)?;
         let shadow = decode_document(&id, &document, version)?;
+        let recorded = Recorded {
+            firmware_version: row.try_get_by_index(3)?,
+            last_seen_at: row.try_get_by_index(4)?,
+        };
         into.insert(
             id,
             Current {
                 shadow: Some(shadow),
                 changed: false,
                 stored: true,
+                recorded: Some(recorded),
             },
         );
     }
