@@ -31,8 +31,8 @@ const READ_BUFFER: usize = 256 * 1024;
 /// slot's thread: one wake-up of that thread per batch rather than per piece of a few KiB.
 const BATCH: usize = 1 << 20;
 /// Batches queued for the slot's thread at most: the download waits when the slot falls
-/// behind. With the batch being gathered and the one being written, about four batches
-/// (4 MiB) are held at most.
+/// behind. With the batch being gathered and the one being written, four batches are held
+/// at most, each up to a piece (about 400 KiB) over [`BATCH`]: about 6 MiB.
 const QUEUED_BATCHES: usize = 2;
 /// How long the download waits before reading again once the socket was drained (see
 /// [`drained`]): the next read then takes what gathered meanwhile (the kernel buffers it and

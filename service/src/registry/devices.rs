@@ -292,9 +292,10 @@ pub struct Recorded {
 impl Report {
     /// Whether [`record_reports`] would write a device's row holding `recorded` for this
     /// report at `at` (the rule its statements apply): its firmware differs, or `seen` and
-    /// the last-seen time is [`SEEN_PRECISION`] old. A caller that read `recorded` under the
-    /// device's shadow row lock (which every writer of these columns holds) can leave out
-    /// the reports that change nothing, and with them a statement.
+    /// the last-seen time is [`SEEN_PRECISION`] old. A caller that knows the row's current
+    /// values (every writer of these columns holds the device's shadow row lock) can leave
+    /// out the reports that change nothing, and with them a statement; values read in a
+    /// statement that waited for that lock may be older than the row.
     pub fn changes(&self, recorded: &Recorded, seen: bool, at: DateTime<Utc>) -> bool {
         let firmware = self.firmware.as_ref().is_some_and(|v| {
             recorded

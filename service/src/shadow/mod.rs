@@ -287,11 +287,16 @@ pub async fn update_run(
     // A report that changes nothing in the registry (the same firmware, seen within the
     // minute: an agent's every report but a few) needs no statement; the registry's values
     // were read with the shadow, under its lock.
-    once.retain(|report| {
-        shadows
-            .get(&report.id)
-            .and_then(|current| current.recorded.as_ref())
-            .is_none_or(|recorded| report.changes(recorded, true, at))
+    // The registry's values come from the statement's snapshot, which can predate a writer
+    // it waited for; the locked shadow cannot, and every writer recorded the firmware it
+    // reports: so a firmware that differs from either is written.
+    once.retain(|report| match shadows.get(&report.id) {
+        Some(Current {
+            recorded: Some(recorded),
+            reported,
+            ..
+        }) => report.firmware != *reported || report.changes(recorded, true, at),
+        _ => true,
     });
     once.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     mixed.sort_unstable();
@@ -323,6 +328,8 @@ struct Current {
     stored: bool,
     /// What the registry holds of the device (read with a stored shadow).
     recorded: Option<Recorded>,
+    /// The firmware the stored shadow reported when it was read.
+    reported: Option<semver::Version>,
 }
 
 /// Locks the rows of the registered devices among `ids` (`FOR UPDATE`, in id order);
@@ -340,7 +347,9 @@ async fn lock_devices(txn: &impl ConnectionTrait, ids: Vec<String>) -> Result<Ve
 }
 
 /// Reads and locks (`FOR UPDATE`, in id order) the stored shadows of `ids` into `into`,
-/// with what the registry holds of their devices (read, not locked).
+/// with what the registry holds of their devices (read, not locked: a locked row is read
+/// again once its lock is released, the joined device row is not, so its values may be
+/// those from before a writer this statement waited for).
 async fn read_locked(
     txn: &impl ConnectionTrait,
     ids: Vec<String>,
@@ -360,6 +369,7 @@ async fn read_locked(
         let document: String = row.try_get_by_index(1)?;
         let version: i64 = row.try_get_by_index(2)?;
         let shadow = decode_document(&id, &document, version)?;
+        let reported = reported_firmware(&shadow).map(|f| f.version);
         let recorded = Recorded {
             firmware_version: row.try_get_by_index(3)?,
             last_seen_at: row.try_get_by_index(4)?,
@@ -371,6 +381,7 @@ async fn read_locked(
                 changed: false,
                 stored: true,
                 recorded: Some(recorded),
+                reported,
             },
         );
     }

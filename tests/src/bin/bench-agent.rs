@@ -97,15 +97,19 @@ struct Spinners(Vec<std::process::Child>);
 impl Spinners {
     fn start() -> Result<Self> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let children = (0..cores)
-            .map(|_| {
-                Command::new("nice")
-                    .args(["-n", "19", "sh", "-c", SPIN])
-                    .spawn()
-                    .context("starting a spinner (nice -n 19 sh)")
-            })
-            .collect::<Result<_>>()?;
-        Ok(Spinners(children))
+        // Those started are killed by `drop` if a later one fails to start.
+        let mut spinners = Spinners(Vec::with_capacity(cores));
+        for _ in 0..cores {
+            let child = Command::new("nice")
+                .args(["-n", "19", "sh", "-c", SPIN])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting a spinner (nice -n 19 sh)")?;
+            spinners.0.push(child);
+        }
+        Ok(spinners)
     }
 }
 

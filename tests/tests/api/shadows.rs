@@ -876,6 +876,63 @@ async fn reports_write_a_device_row_only_when_its_firmware_or_last_seen_changes(
     assert_eq!(row("seen-a").await, old);
 }
 
+/// A run that waited for another writer of a device's shadow sees that writer's shadow but
+/// an older copy of the device's registry row: its report of the firmware the registry held
+/// before (a rollback to it) must still be recorded, not judged unchanged against the older
+/// copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_waited_for_another_writer_records_the_firmware_it_reports() {
+    use fleetwave::shadow;
+    use fleetwave_artifacts::DeviceId;
+    use sea_orm::TransactionTrait;
+
+    let app = app_with_devices(&["race-a", "race-b", "race-c"]).await;
+    let [a, b, c] = ["race-a", "race-b", "race-c"].map(|id| DeviceId::parse(id).unwrap());
+    let firmware = |version: &str| {
+        json!({"state": {"reported": {"firmware": {"version": version, "slot": "a"}}}}).to_string()
+    };
+    let (old, new) = (firmware("1.0.0"), firmware("1.1.0"));
+    let txn = app.db.begin().await.unwrap();
+    shadow::update_run(&txn, &[(&a, old.as_bytes()), (&b, old.as_bytes())])
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    // The first writer reports 1.1.0 and holds the shadow's lock.
+    let first = app.db.begin().await.unwrap();
+    shadow::update_run(&first, &[(&a, new.as_bytes()), (&b, new.as_bytes())])
+        .await
+        .unwrap();
+    // The second reports 1.0.0 again and waits for the shadow.
+    let db = app.db.clone();
+    let (a2, c2, old2) = (a.clone(), c.clone(), old.clone());
+    let second = tokio::spawn(async move {
+        let txn = db.begin().await.unwrap();
+        shadow::update_run(&txn, &[(&a2, old2.as_bytes()), (&c2, old2.as_bytes())])
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+    });
+    assert_eq!(
+        lock_waits(&app, 1).await,
+        1,
+        "the second run waits for the shadow"
+    );
+    first.commit().await.unwrap();
+    second.await.unwrap();
+    let (_, shadow) = app
+        .call(Method::GET, "/v1/devices/race-a/shadow", None)
+        .await;
+    assert_eq!(
+        shadow["state"]["reported"]["firmware"]["version"], "1.0.0",
+        "{shadow}"
+    );
+    let (_, device) = app.call(Method::GET, "/v1/devices/race-a", None).await;
+    assert_eq!(
+        device["firmware_version"], "1.0.0",
+        "the registry follows the shadow: {device}"
+    );
+}
+
 /// Sessions of the test's database waiting for a lock, once there are `expected` of them
 /// (or after 10 s, however many there are then).
 async fn lock_waits(app: &TestApp, expected: i64) -> i64 {
