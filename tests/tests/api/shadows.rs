@@ -635,11 +635,7 @@ async fn a_run_holding_shadows_waits_for_no_api_update_or_removal_in_a_cycle() {
     let firmware =
         json!({"state": {"reported": {"firmware": {"version": "1.1.0", "slot": "b"}}}}).to_string();
     // Both shadows exist, without firmware yet.
-    let txn = app.db.begin().await.unwrap();
-    shadow::update_run(&txn, &[(&a, plain.as_bytes()), (&b, plain.as_bytes())])
-        .await
-        .unwrap();
-    txn.commit().await.unwrap();
+    committed_run(&app, &[(&a, plain.as_bytes()), (&b, plain.as_bytes())]).await;
 
     // The run locks both shadow rows (no device row: nothing reported firmware yet).
     let run = app.db.begin().await.unwrap();
@@ -757,9 +753,8 @@ async fn an_api_change_aborted_as_a_deadlock_runs_again() {
 /// the device being seen. Both paths: a run of updates and a lone one.
 #[tokio::test]
 async fn reports_write_a_device_row_only_when_its_firmware_or_last_seen_changes() {
-    use fleetwave::shadow;
     use fleetwave_artifacts::DeviceId;
-    use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+    use sea_orm::{ConnectionTrait, Statement};
 
     let app = app_with_devices(&["seen-a", "seen-b"]).await;
     let (a, b) = (
@@ -771,13 +766,11 @@ async fn reports_write_a_device_row_only_when_its_firmware_or_last_seen_changes(
             .to_string()
     };
     let run = |things: Vec<(DeviceId, String)>| {
-        let db = app.db.clone();
+        let app = &app;
         async move {
-            let txn = db.begin().await.unwrap();
             let run: Vec<(&DeviceId, &[u8])> =
                 things.iter().map(|(t, p)| (t, p.as_bytes())).collect();
-            shadow::update_run(&txn, &run).await.unwrap();
-            txn.commit().await.unwrap();
+            committed_run(app, &run).await;
         }
     };
     // (firmware, last seen, row version) of a device.
@@ -892,11 +885,7 @@ async fn a_run_that_waited_for_another_writer_records_the_firmware_it_reports() 
         json!({"state": {"reported": {"firmware": {"version": version, "slot": "a"}}}}).to_string()
     };
     let (old, new) = (firmware("1.0.0"), firmware("1.1.0"));
-    let txn = app.db.begin().await.unwrap();
-    shadow::update_run(&txn, &[(&a, old.as_bytes()), (&b, old.as_bytes())])
-        .await
-        .unwrap();
-    txn.commit().await.unwrap();
+    committed_run(&app, &[(&a, old.as_bytes()), (&b, old.as_bytes())]).await;
     // The first writer reports 1.1.0 and holds the shadow's lock.
     let first = app.db.begin().await.unwrap();
     shadow::update_run(&first, &[(&a, new.as_bytes()), (&b, new.as_bytes())])
@@ -931,6 +920,14 @@ async fn a_run_that_waited_for_another_writer_records_the_firmware_it_reports() 
         device["firmware_version"], "1.0.0",
         "the registry follows the shadow: {device}"
     );
+}
+
+/// Applies a run of device updates in a transaction of its own, committed.
+async fn committed_run(app: &TestApp, run: &[(&fleetwave_artifacts::DeviceId, &[u8])]) {
+    use sea_orm::TransactionTrait;
+    let txn = app.db.begin().await.unwrap();
+    fleetwave::shadow::update_run(&txn, run).await.unwrap();
+    txn.commit().await.unwrap();
 }
 
 /// Sessions of the test's database waiting for a lock, once there are `expected` of them
