@@ -237,7 +237,9 @@ pub async fn create(
     Ok(model.into())
 }
 
-/// Records the firmware version a device reported (from its shadow) and when it was seen.
+/// Sets a device's firmware version, and its last-seen time to now, whatever they were:
+/// for a device whose firmware is known another way (tests set up fleets with it). A
+/// device's own reports go through [`record_reports`], which writes only what changed.
 pub async fn record_firmware(
     db: &impl ConnectionTrait,
     id: &str,
