@@ -329,7 +329,11 @@ pub async fn record_reports(
     seen: bool,
     at: DateTime<Utc>,
 ) -> Result<(), DbErr> {
-    if reports.is_empty() && locked.is_empty() {
+    // Nothing to lock, or nothing that could be written (a person's change names no
+    // firmware and does not count as the device being seen).
+    if locked.is_empty()
+        && (reports.is_empty() || (!seen && reports.iter().all(|r| r.firmware.is_none())))
+    {
         return Ok(());
     }
     let stale = at - SEEN_PRECISION;
@@ -533,11 +537,17 @@ async fn lock_devices(txn: &impl ConnectionTrait, function: &str) -> Result<(), 
 /// stays: it is the audit trail of what the device ran. A transaction PostgreSQL aborted for
 /// a conflict (with a batch of device reports) runs again.
 pub async fn delete(db: &DatabaseConnection, actor: &Actor, id: &str) -> Result<(), Error> {
-    crate::db::retry_conflicts("a device removal", || delete_once(db, actor, id)).await
+    crate::db::retry_conflicts("a device removal", || async {
+        let txn = db.begin().await?;
+        delete_in(&txn, actor, id).await?;
+        txn.commit().await?;
+        Ok(())
+    })
+    .await
 }
 
-async fn delete_once(db: &DatabaseConnection, actor: &Actor, id: &str) -> Result<(), Error> {
-    let txn = db.begin().await?;
+/// [`delete`] inside the caller's transaction, run once.
+pub async fn delete_in(txn: &impl ConnectionTrait, actor: &Actor, id: &str) -> Result<(), Error> {
     // Its shadow's row first, then the device's, then its executions: the order a device's
     // report takes them (its shadow, its firmware, its execution), so a removal and a report
     // of the same device do not wait on each other in a cycle. The shadow's row is locked
@@ -545,12 +555,12 @@ async fn delete_once(db: &DatabaseConnection, actor: &Actor, id: &str) -> Result
     // this one waits for a batch of reports.
     shadows::Entity::find_by_id(id.to_owned())
         .lock_exclusive()
-        .one(&txn)
+        .one(txn)
         .await?;
     // Waits for the transactions writing executions to end; none starts until this one does.
-    lock_devices(&txn, "pg_advisory_xact_lock").await?;
+    lock_devices(txn, "pg_advisory_xact_lock").await?;
     let result = devices::Entity::delete_by_id(id.to_owned())
-        .exec(&txn)
+        .exec(txn)
         .await?;
     if result.rows_affected == 0 {
         return Err(Error::NotFound {
@@ -560,10 +570,10 @@ async fn delete_once(db: &DatabaseConnection, actor: &Actor, id: &str) -> Result
     }
     job_executions::Entity::delete_many()
         .filter(job_executions::Column::DeviceId.eq(id))
-        .exec(&txn)
+        .exec(txn)
         .await?;
     audit::append(
-        &txn,
+        txn,
         actor,
         Event {
             action: "device.delete",
@@ -572,7 +582,6 @@ async fn delete_once(db: &DatabaseConnection, actor: &Actor, id: &str) -> Result
         },
     )
     .await?;
-    txn.commit().await?;
     Ok(())
 }
 

@@ -165,8 +165,8 @@ fn update_answers(updated: document::Updated) -> Vec<Outgoing> {
 /// the changed ones back (devices without a shadow yet take three more: their device rows
 /// locked, their shadows read again, an `INSERT`). Locks are taken as [`lock_one`] takes
 /// them. The registry then records the run's firmware and last-seen times where they
-/// changed ([`record_reports`]: two statements, none when nothing changed, as for most
-/// runs), and each report's transition follows, request by request, in order. Answers come
+/// changed ([`record_reports`]: at most two statements, none when nothing changed, as for
+/// most runs), and each report's transition follows, request by request, in order. Answers come
 /// back in the requests' order.
 pub async fn update_run(
     txn: &impl ConnectionTrait,
@@ -285,9 +285,8 @@ pub async fn update_run(
         }
     }
     // A report that changes nothing in the registry (the same firmware, seen within the
-    // minute: an agent's every report but a few) needs no statement; the registry's values
-    // were read with the shadow, under its lock.
-    // The registry's values come from the statement's snapshot, which can predate a writer
+    // minute: an agent's every report but a few) needs no statement. The registry's values
+    // were read with the shadows, from the statement's snapshot, which can predate a writer
     // it waited for; the locked shadow cannot, and every writer recorded the firmware it
     // reports: so a firmware that differs from either is written.
     once.retain(|report| match shadows.get(&report.id) {
@@ -324,9 +323,8 @@ struct Current {
     shadow: Option<Shadow>,
     /// Whether an update of the run changed it.
     changed: bool,
-    /// Whether its row exists (written back with `UPDATE`, else `INSERT`).
-    stored: bool,
-    /// What the registry holds of the device (read with a stored shadow).
+    /// What the registry holds of the device, read with its stored shadow (None: no shadow
+    /// row yet, written back with `INSERT` rather than `UPDATE`).
     recorded: Option<Recorded>,
     /// The firmware the stored shadow reported when it was read.
     reported: Option<semver::Version>,
@@ -379,7 +377,6 @@ async fn read_locked(
             Current {
                 shadow: Some(shadow),
                 changed: false,
-                stored: true,
                 recorded: Some(recorded),
                 reported,
             },
@@ -407,7 +404,7 @@ async fn write_back(
         let Some(shadow) = current.shadow.as_ref().filter(|_| current.changed) else {
             continue;
         };
-        let columns = if current.stored {
+        let columns = if current.recorded.is_some() {
             &mut updated
         } else {
             &mut inserted

@@ -353,8 +353,9 @@ async fn a_device_deletion_waits_for_the_executions_being_written() {
     );
 }
 
-/// A device's report takes its device row, then its execution; a deletion of the same
-/// device must take them in the same order, or the two deadlock.
+/// A transaction that holds a device's row and then takes its execution (as a report
+/// that records new firmware and then transitions its execution does); a deletion of the
+/// same device must take them in the same order, or the two deadlock.
 #[tokio::test]
 async fn a_device_deletion_and_a_report_of_the_same_device_do_not_deadlock() {
     use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
