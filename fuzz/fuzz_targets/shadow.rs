@@ -1,6 +1,7 @@
 //! A shadow update as a device publishes it on `…/shadow/update`: any bytes are refused
 //! with a status, or accepted into a document within its bounds, which a second update of
-//! the same request then merges into (the stored-shadow path).
+//! the same request then merges into (the stored-shadow path); a refused update leaves the
+//! shadow as it was.
 
 #![no_main]
 
@@ -12,14 +13,20 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let _ = document::client_token(&request);
-    let Ok(first) = document::update(None, &request, 1_700_000_000) else {
+    let mut shadow = Shadow::default();
+    if document::update(&mut shadow, &request, 1_700_000_000).is_err() {
+        assert_eq!(shadow, Shadow::default(), "a refused update changed nothing");
         return;
-    };
-    check(&first.shadow);
-    assert_eq!(first.shadow.version, 1);
-    if let Ok(second) = document::update(Some(&first.shadow), &request, 1_700_000_001) {
-        check(&second.shadow);
-        assert_eq!(second.shadow.version, 2);
+    }
+    check(&shadow);
+    assert_eq!(shadow.version, 1);
+    let first = shadow.clone();
+    match document::update(&mut shadow, &request, 1_700_000_001) {
+        Ok(_) => {
+            check(&shadow);
+            assert_eq!(shadow.version, 2);
+        }
+        Err(_) => assert_eq!(shadow, first, "a refused update changed nothing"),
     }
 });
 

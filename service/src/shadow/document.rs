@@ -11,11 +11,12 @@
 //! - `delta` holds the desired fields that reported does not match.
 //! - `clientToken` (at most 64 bytes) is echoed in every answer.
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 /// Deepest nesting of `desired` or `reported`.
 pub const MAX_DEPTH: usize = 8;
-/// Largest stored document (state and metadata), in bytes of JSON.
+/// Largest document (state, metadata and version), in bytes of JSON.
 pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024;
 /// Longest `clientToken`.
 pub const MAX_CLIENT_TOKEN: usize = 64;
@@ -64,12 +65,10 @@ impl Rejection {
     }
 }
 
-/// What an accepted update produced, ready to publish: the documents are JSON bytes,
-/// serialised once from borrowed views of the request and the shadows (no `Value` trees).
+/// What an accepted update produced, ready to publish: JSON bytes, serialised once from
+/// borrowed views of the request and the shadows (no `Value` trees).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Updated {
-    /// The new shadow, to store.
-    pub shadow: Shadow,
     /// The `/update/accepted` document.
     pub accepted: Vec<u8>,
     /// The `/update/documents` document (previous and current).
@@ -91,8 +90,9 @@ pub fn client_token(request: &Value) -> Result<Option<&str>, Rejection> {
     }
 }
 
-/// Applies an `update` request to `current` (None: no shadow yet) at time `now`.
-pub fn update(current: Option<&Shadow>, request: &Value, now: u64) -> Result<Updated, Rejection> {
+/// Applies an `update` request to `shadow` (version 0: no shadow yet) at time `now`, in
+/// place: accepted, `shadow` is the next one; refused, it is as it was.
+pub fn update(shadow: &mut Shadow, request: &Value, now: u64) -> Result<Updated, Rejection> {
     let Value::Object(req) = request else {
         return Err(Rejection::bad("the request must be a JSON object"));
     };
@@ -125,7 +125,7 @@ pub fn update(current: Option<&Shadow>, request: &Value, now: u64) -> Result<Upd
         }
         check_value(value, &|| section.clone(), 0)?;
     }
-    let previous_version = current.map_or(0, |c| c.version);
+    let previous_version = shadow.version;
     match req.get("version") {
         None | Some(Value::Null) => {}
         Some(v) => {
@@ -143,7 +143,13 @@ pub fn update(current: Option<&Shadow>, request: &Value, now: u64) -> Result<Upd
         }
     }
 
-    let mut next = current.cloned().unwrap_or_default();
+    // The previous shadow is serialised before it is merged into (it is in the documents
+    // answer); a merge that grows it past the limit puts it back from those bytes.
+    let previous = (previous_version > 0).then(|| {
+        serde_json::value::to_raw_value(&shadow.view(Some(previous_version)))
+            .expect("a document serialises")
+    });
+    let next = shadow;
     for (section, value) in state {
         let (data, meta) = match section.as_str() {
             "desired" => (&mut next.desired, &mut next.desired_meta),
@@ -162,8 +168,15 @@ pub fn update(current: Option<&Shadow>, request: &Value, now: u64) -> Result<Upd
         }
     }
     next.version = previous_version + 1;
-    let stored = json_len(&next.view(None));
+    // Serialised once: measured against the limit, then copied into the documents answer.
+    let current = serde_json::value::to_raw_value(&next.view(Some(next.version)))
+        .expect("a document serialises");
+    let stored = current.get().len();
     if stored > MAX_DOCUMENT_BYTES {
+        *next = previous
+            .as_deref()
+            .map(Shadow::from_view)
+            .unwrap_or_default();
         return Err(Rejection {
             code: 413,
             message: format!(
@@ -179,14 +192,16 @@ pub fn update(current: Option<&Shadow>, request: &Value, now: u64) -> Result<Upd
         timestamp: now,
         version: next.version,
     });
-    let documents = to_json(&Documents {
-        client_token: token,
-        current: next.view(Some(next.version)),
-        previous: current
-            .filter(|c| c.version > 0)
-            .map(|c| c.view(Some(c.version))),
-        timestamp: now,
-    });
+    let previous_len = previous.as_deref().map_or(0, |p| p.get().len());
+    let documents = to_json_within(
+        &Documents {
+            client_token: token,
+            current: &current,
+            previous: previous.as_deref(),
+            timestamp: now,
+        },
+        stored + previous_len + 128,
+    );
     let delta = if state.contains_key("desired") {
         next.delta().map(|(delta, meta)| {
             to_json(&StateAnswer {
@@ -201,7 +216,6 @@ pub fn update(current: Option<&Shadow>, request: &Value, now: u64) -> Result<Upd
         None
     };
     Ok(Updated {
-        shadow: next,
         accepted,
         documents,
         delta,
@@ -236,6 +250,34 @@ impl Shadow {
                 desired: self.desired.as_ref(),
                 reported: self.reported.as_ref(),
             },
+            version,
+        }
+    }
+
+    /// The shadow a [`DocumentView`] with its version was serialised from (a section's
+    /// metadata is empty when the section is absent: they are set and removed together).
+    fn from_view(view: &RawValue) -> Shadow {
+        #[derive(serde::Deserialize)]
+        struct Owned {
+            metadata: OwnedSections,
+            state: OwnedSections,
+            version: u64,
+        }
+        #[derive(serde::Deserialize)]
+        struct OwnedSections {
+            desired: Option<Object>,
+            reported: Option<Object>,
+        }
+        let Owned {
+            metadata,
+            state,
+            version,
+        } = serde_json::from_str(view.get()).expect("a serialised view reads back");
+        Shadow {
+            desired: state.desired,
+            reported: state.reported,
+            desired_meta: metadata.desired.unwrap_or_default(),
+            reported_meta: metadata.reported.unwrap_or_default(),
             version,
         }
     }
@@ -292,8 +334,8 @@ struct StateAnswer<'a, M: serde::Serialize> {
 struct Documents<'a> {
     #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
     client_token: Option<&'a str>,
-    current: DocumentView<'a>,
-    previous: Option<DocumentView<'a>>,
+    current: &'a RawValue,
+    previous: Option<&'a RawValue>,
     timestamp: u64,
 }
 
@@ -360,23 +402,15 @@ impl serde::Serialize for Stamped<'_> {
 
 /// `value` as JSON bytes (a document always serialises: its keys are strings).
 pub(crate) fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
-    serde_json::to_vec(value).expect("a document serialises")
+    to_json_within(value, 0)
 }
 
-/// Bytes of `value` as JSON, counted without keeping them.
-fn json_len(value: &impl serde::Serialize) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    serde_json::to_writer(&mut count, value).map_or(usize::MAX, |()| count.0)
+/// [`to_json`] into a buffer of `capacity` bytes or more from the start: a document grown
+/// from serde_json's default 128 bytes is copied at every doubling.
+fn to_json_within(value: &impl serde::Serialize, capacity: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(capacity.max(512));
+    serde_json::to_writer(&mut bytes, value).expect("a document serialises");
+    bytes
 }
 
 fn with_token(mut doc: Value, token: Option<&str>) -> Value {
@@ -498,8 +532,33 @@ fn pick(meta: &Object, shape: &Object) -> Object {
 mod tests {
     use super::*;
 
-    fn apply(shadow: Option<&Shadow>, request: Value) -> Result<Updated, Rejection> {
-        update(shadow, &request, 1000)
+    /// An accepted update: the next shadow and the answers.
+    #[derive(Debug)]
+    struct Applied {
+        shadow: Shadow,
+        accepted: Vec<u8>,
+        documents: Vec<u8>,
+        delta: Option<Vec<u8>>,
+    }
+
+    /// [`update`] of a copy of `shadow` (None: no shadow yet) at `now`.
+    fn update_at(shadow: Option<&Shadow>, request: &Value, now: u64) -> Result<Applied, Rejection> {
+        let mut next = shadow.cloned().unwrap_or_default();
+        let Updated {
+            accepted,
+            documents,
+            delta,
+        } = update(&mut next, request, now)?;
+        Ok(Applied {
+            shadow: next,
+            accepted,
+            documents,
+            delta,
+        })
+    }
+
+    fn apply(shadow: Option<&Shadow>, request: Value) -> Result<Applied, Rejection> {
+        update_at(shadow, &request, 1000)
     }
 
     fn parse(document: &[u8]) -> Value {
@@ -523,7 +582,7 @@ mod tests {
                 "metadata": {"reported": {"fw": {"timestamp": 1000}, "net": {"ip": {"timestamp": 1000}}}},
                 "version": 1}})
         );
-        let second = update(
+        let second = update_at(
             Some(&first.shadow),
             &json!({"state": {"desired": {"fw": "2.0.0", "led": [1, 2]}, "reported": null}, "clientToken": "k"}),
             2000,
@@ -593,7 +652,7 @@ mod tests {
         let s = apply(None, json!({"state": {"reported": {"ota": {"job": "j1", "state": "IN_PROGRESS", "step": "downloading"}, "firmware": {"version": "1.0.0", "slot": "a"}}}}))
             .unwrap()
             .shadow;
-        let s = update(
+        let s = update_at(
             Some(&s),
             &json!({"state": {"reported": {"ota": {"step": "verifying", "progress": 40}}}}),
             2000,
@@ -680,7 +739,7 @@ mod tests {
     fn a_stored_shadow_reads_back_exactly() {
         let request: Value =
             serde_json::from_str(r#"{"state":{"reported":{"f":[150e55,15e-155,3.5]}}}"#).unwrap();
-        let stored = update(None, &request, 1).unwrap().shadow;
+        let stored = update_at(None, &request, 1).unwrap().shadow;
         let text = serde_json::to_string(&stored).unwrap();
         assert_eq!(serde_json::from_str::<Shadow>(&text).unwrap(), stored);
     }
@@ -721,6 +780,31 @@ mod tests {
                 .code,
             413
         );
+    }
+
+    /// An update merges into the shadow in place; one refused after the merge (413) puts
+    /// the shadow back as it was, to the last field.
+    #[test]
+    fn a_refused_update_leaves_the_shadow_as_it_was() {
+        let mut shadow = apply(
+            None,
+            json!({"state": {"desired": {"fw": "2.0.0", "cfg": {"a": [1.5, "x"]}},
+                "reported": {"fw": "1.0.0", "cfg": {"a": null, "b": true}}}}),
+        )
+        .unwrap()
+        .shadow;
+        let before = shadow.clone();
+        let big = "z".repeat(MAX_DOCUMENT_BYTES / 2);
+        let request = json!({"state": {"desired": {"cfg": {"a": null, "c": &big}}, "reported": {"d": &big, "fw": null}}});
+        assert_eq!(update(&mut shadow, &request, 2000).unwrap_err().code, 413);
+        assert_eq!(shadow, before);
+        let stale = json!({"state": {"reported": {"fw": "1.1.0"}}, "version": 7});
+        assert_eq!(update(&mut shadow, &stale, 2000).unwrap_err().code, 409);
+        assert_eq!(shadow, before);
+        let mut none = Shadow::default();
+        let huge = json!({"state": {"reported": {"blob": "y".repeat(MAX_DOCUMENT_BYTES)}}});
+        assert_eq!(update(&mut none, &huge, 2000).unwrap_err().code, 413);
+        assert_eq!(none, Shadow::default());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use sea_orm::{
     ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QuerySelect,
     TransactionTrait,
 };
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -245,10 +246,9 @@ pub async fn update_run(
             answers.push(rejected(ShadowOp::Update, &r, token.as_deref()));
             continue;
         };
-        match document::update(current.as_ref(), &request, now) {
-            Ok(mut updated) => {
-                reports.push((*thing, reported_firmware(&updated.shadow), request));
-                *current = Some(std::mem::take(&mut updated.shadow));
+        match document::update(current, &request, now) {
+            Ok(updated) => {
+                reports.push((*thing, reported_firmware(current), request));
                 *changed = true;
                 answers.push(update_answers(updated));
             }
@@ -319,8 +319,8 @@ pub async fn update_run(
 /// A device's shadow while a run of updates is applied.
 #[derive(Default)]
 struct Current {
-    /// The shadow (None: the device has none yet).
-    shadow: Option<Shadow>,
+    /// The shadow (version 0: the device has none yet).
+    shadow: Shadow,
     /// Whether an update of the run changed it.
     changed: bool,
     /// What the registry holds of the device, read with its stored shadow (None: no shadow
@@ -375,7 +375,7 @@ async fn read_locked(
         into.insert(
             id,
             Current {
-                shadow: Some(shadow),
+                shadow,
                 changed: false,
                 recorded: Some(recorded),
                 reported,
@@ -401,9 +401,10 @@ async fn write_back(
     }
     let (mut updated, mut inserted) = (Columns::default(), Columns::default());
     for (id, current) in shadows {
-        let Some(shadow) = current.shadow.as_ref().filter(|_| current.changed) else {
+        if !current.changed {
             continue;
-        };
+        }
+        let shadow = &current.shadow;
         let columns = if current.recorded.is_some() {
             &mut updated
         } else {
@@ -523,15 +524,15 @@ pub async fn apply_in(
         Ok(row) => row,
         Err(rejection) => return Ok(Err(rejection)),
     };
-    let current = row.as_ref().map(decode).transpose()?;
-    let updated = match document::update(current.as_ref(), request, unix_now()) {
+    let mut shadow = row.as_ref().map(decode).transpose()?.unwrap_or_default();
+    let updated = match document::update(&mut shadow, request, unix_now()) {
         Ok(u) => u,
         Err(r) => return Ok(Err(r)),
     };
     let model = shadows::ActiveModel {
         device_id: Set(thing.as_str().to_owned()),
-        document: Set(serde_json::to_string(&updated.shadow).expect("a shadow serialises")),
-        version: Set(i64::try_from(updated.shadow.version).unwrap_or(i64::MAX)),
+        document: Set(serde_json::to_string(&shadow).expect("a shadow serialises")),
+        version: Set(i64::try_from(shadow.version).unwrap_or(i64::MAX)),
         updated_at: Set(crate::db::now()),
     };
     if row.is_some() {
@@ -543,7 +544,7 @@ pub async fn apply_in(
     }
     let report = Report {
         id: thing.as_str().to_owned(),
-        firmware: reported_firmware(&updated.shadow).map(|f| f.version),
+        firmware: reported_firmware(&shadow).map(|f| f.version),
     };
     // A device's own report says when it was seen; a person's change does not.
     record_reports(txn, &[report], &[], actor.is_none(), crate::db::now()).await?;
@@ -605,7 +606,7 @@ fn reported_firmware(shadow: &Shadow) -> Option<FirmwareReport> {
         .reported
         .as_ref()
         .and_then(|r| r.get("firmware"))
-        .and_then(|f| serde_json::from_value::<FirmwareReport>(f.clone()).ok())
+        .and_then(|f| FirmwareReport::deserialize(f).ok())
 }
 
 /// What an applied update reports beyond the shadow and the registry (recorded with
@@ -623,7 +624,7 @@ async fn follow_report(
         .and_then(|reported| reported.get("ota"))
         .filter(|v| !v.is_null())
     {
-        match serde_json::from_value::<OtaReport>(ota.clone()) {
+        match OtaReport::deserialize(ota) {
             Ok(report) => {
                 if let Err(refused) =
                     jobs::transition(txn, &report.job, thing, &jobs::Change::from(&report)).await?
