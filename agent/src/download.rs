@@ -105,8 +105,9 @@ pub async fn fetch(
     };
     // The slot's bytes already there (a resumed download) are read back and hashed before
     // the request: the body is never held up behind them.
-    let mut writer = Writer::start(slot, from, size)?;
-    if from >= size || !writer.ready().await {
+    let (mut writer, hashed) = Writer::start(slot, from, size)?;
+    // An error (the thread stopped) comes out of `finish`.
+    if from >= size || hashed.await.is_err() {
         let readback = writer.finish(&mut progress, &mut synced).await?;
         return Ok(Fetched { progress, readback });
     }
@@ -188,8 +189,6 @@ struct Writer {
     batches: tokio::sync::mpsc::Sender<Vec<Bytes>>,
     /// The batch being gathered, and its length in bytes.
     gathered: (Vec<Bytes>, usize),
-    /// Sent once the bytes already in the slot are hashed.
-    ready: Option<tokio::sync::oneshot::Receiver<()>>,
     durable: tokio::sync::mpsc::UnboundedReceiver<u64>,
     thread: std::thread::JoinHandle<std::io::Result<ImageHasher>>,
 }
@@ -197,7 +196,12 @@ struct Writer {
 impl Writer {
     /// Starts it on `slot` (created if missing, kept as it is up to `from`), first hashing
     /// the `from` bytes already there (a resumed download), for an image of `size` bytes.
-    fn start(slot: &Path, from: u64, size: u64) -> std::io::Result<Self> {
+    /// The receiver hears once those are hashed.
+    fn start(
+        slot: &Path,
+        from: u64,
+        size: u64,
+    ) -> std::io::Result<(Self, tokio::sync::oneshot::Receiver<()>)> {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -220,8 +224,7 @@ impl Writer {
                     let batch = arriving.blocking_recv();
                     let open = batch.is_some();
                     let batch = batch.unwrap_or_default();
-                    write_pieces(&mut file, &batch)?;
-                    written += batch.iter().map(|p| p.len() as u64).sum::<u64>();
+                    written += write_pieces(&mut file, &batch)?;
                     if written > synced && (written - synced >= CHUNK || !open) {
                         file.sync_data()?;
                         hash_until(&mut reader, &mut hasher, written, &mut buf)?;
@@ -234,22 +237,13 @@ impl Writer {
                     }
                 }
             })?;
-        Ok(Writer {
+        let writer = Writer {
             batches,
             gathered: (Vec::new(), 0),
-            ready: Some(ready),
             durable,
             thread,
-        })
-    }
-
-    /// Waits until the bytes already in the slot are hashed; false if the thread stopped
-    /// (its error comes out of [`Writer::finish`]).
-    async fn ready(&mut self) -> bool {
-        match self.ready.take() {
-            Some(ready) => ready.await.is_ok(),
-            None => true,
-        }
+        };
+        Ok((writer, ready))
     }
 
     /// Hands `piece` (the next bytes of the image) to the thread, in batches of
@@ -305,18 +299,21 @@ impl Writer {
     }
 }
 
-/// Writes `pieces` to `file` in order, in as few calls as the kernel allows.
-fn write_pieces(file: &mut std::fs::File, pieces: &[Bytes]) -> std::io::Result<()> {
+/// Writes `pieces` to `file` in order, in as few calls as the kernel allows; returns how
+/// many bytes that was.
+fn write_pieces(file: &mut std::fs::File, pieces: &[Bytes]) -> std::io::Result<u64> {
     let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
     let mut slices = &mut slices[..];
+    let mut written = 0;
     while !slices.is_empty() {
         let n = file.write_vectored(slices)?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
+        written += n as u64;
         IoSlice::advance_slices(&mut slices, n);
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Reads `reader` on from where it stands up to byte `end`, into `hasher`.

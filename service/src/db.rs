@@ -93,15 +93,6 @@ pub async fn insert_json_rows(
     columns: &[(&str, &str)],
     rows: &[impl serde::Serialize],
 ) -> Result<(), sea_orm::DbErr> {
-    write_json_rows(txn, table, columns, rows).await
-}
-
-async fn write_json_rows(
-    txn: &impl sea_orm::ConnectionTrait,
-    table: &str,
-    columns: &[(&str, &str)],
-    rows: &[impl serde::Serialize],
-) -> Result<(), sea_orm::DbErr> {
     if rows.is_empty() {
         return Ok(());
     }

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use fleetwave_artifacts::{DeviceId, HardwareId};
-use sea_orm::sea_query::{Expr, IntoCondition};
+use sea_orm::sea_query::IntoCondition;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseConnection,
     DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
@@ -237,37 +237,6 @@ pub async fn create(
     Ok(model.into())
 }
 
-/// Sets a device's firmware version, and its last-seen time to now, whatever they were:
-/// for a device whose firmware is known another way (tests set up fleets with it). A
-/// device's own reports go through [`record_reports`], which writes only what changed.
-pub async fn record_firmware(
-    db: &impl ConnectionTrait,
-    id: &str,
-    version: &semver::Version,
-) -> Result<(), Error> {
-    let now = crate::db::now();
-    let result = devices::Entity::update_many()
-        .col_expr(
-            devices::Column::FirmwareVersion,
-            Expr::value(version.to_string()),
-        )
-        .col_expr(
-            devices::Column::FirmwareKey,
-            Expr::value(super::version_key::of(version)),
-        )
-        .col_expr(devices::Column::LastSeenAt, Expr::value(now))
-        .filter(devices::Column::Id.eq(id))
-        .exec(db)
-        .await?;
-    if result.rows_affected == 0 {
-        return Err(Error::NotFound {
-            kind: "device",
-            id: id.to_owned(),
-        });
-    }
-    Ok(())
-}
-
 /// How stale a device's `last_seen_at` may grow: a report within this of the recorded time
 /// writes nothing to the device's row (unless its firmware changed), so a device reporting
 /// every second costs its row one write a minute, not one a report.
@@ -283,7 +252,7 @@ pub struct Report {
 }
 
 /// What the registry holds of a device that its reports keep up to date.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Recorded {
     /// The firmware version it last reported.
     pub firmware_version: Option<String>,

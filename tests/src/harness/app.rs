@@ -4,11 +4,12 @@
 
 use anyhow::{Context, Result};
 use fleetwave::config::{Settings, StorageKind};
+use fleetwave::registry::devices::{Report, record_reports};
 use fleetwave::startup::Application;
 use fleetwave::storage::Storage;
 use fleetwave_artifacts::PublicKey;
 use reqwest::{Method, RequestBuilder, StatusCode};
-use sea_orm::DatabaseConnection;
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::Value;
 
 use super::init;
@@ -302,4 +303,16 @@ impl TestApp {
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["secret"].as_str().expect("a secret").to_owned()
     }
+}
+
+/// Records in the registry that registered device `id` runs `version`, seen now, as its
+/// shadow's report of that firmware would (for fleets a test sets up without agents).
+pub async fn record_firmware(db: &impl ConnectionTrait, id: &str, version: &semver::Version) {
+    let report = Report {
+        id: id.to_owned(),
+        firmware: Some(version.clone()),
+    };
+    record_reports(db, &[report], &[], true, chrono::Utc::now())
+        .await
+        .unwrap_or_else(|e| panic!("recording firmware {version} for {id}: {e}"));
 }

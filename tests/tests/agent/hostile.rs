@@ -143,7 +143,7 @@ async fn silent_job(world: &World, device: &str) -> String {
 
 /// Starts an agent and waits until it is up and idle (it reported its firmware).
 async fn idle_agent(world: &World, options: &AgentOptions) -> TestAgent {
-    world.device(&options.id).await;
+    world.app.register_device(&options.id).await;
     let mut agent = TestAgent::new(&world.app.mqtt, options).unwrap();
     if let Some(state) = seeded_state(options) {
         std::fs::create_dir_all(agent.dir.join("data")).unwrap();

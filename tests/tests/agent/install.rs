@@ -25,7 +25,7 @@ async fn assert_updated(world: &World, agent: &TestAgent, job: &str, device: &st
 async fn a_full_update_trial_boots_commits_and_reports_success() {
     let world = World::new(3 * 1024 * 1024 + 12_345).await;
     let id = device_id("pi");
-    world.device(&id).await;
+    world.app.register_device(&id).await;
     let mut agent =
         TestAgent::new(&world.app.mqtt, &AgentOptions::new(&id, world.key.public())).unwrap();
     agent.start();
@@ -78,7 +78,7 @@ async fn a_crash_at_every_persisted_step_ends_updated_and_truly_reported() {
     ];
     for cut in cuts {
         let id = device_id("cut");
-        world.device(&id).await;
+        world.app.register_device(&id).await;
         let mut agent =
             TestAgent::new(&world.app.mqtt, &AgentOptions::new(&id, world.key.public())).unwrap();
         let job = world.job(&id).await;
@@ -102,7 +102,7 @@ async fn a_crash_at_every_persisted_step_ends_updated_and_truly_reported() {
 async fn a_failed_health_check_rolls_back_and_reports_failed() {
     let world = World::new(100_000).await;
     let id = device_id("sick");
-    world.device(&id).await;
+    world.app.register_device(&id).await;
     let mut options = AgentOptions::new(&id, world.key.public());
     options.health = vec![
         "sh".into(),
@@ -142,7 +142,7 @@ async fn a_rollout_reaches_real_agents_through_the_group_notice() {
     let mut ids = Vec::new();
     for i in 0..6 {
         let id = device_id(&format!("lab{i}"));
-        world.device(&id).await;
+        world.app.register_device(&id).await;
         let mut options = AgentOptions::new(&id, world.key.public());
         options.groups = vec!["lab".into()];
         let mut agent = TestAgent::new(&world.app.mqtt, &options).unwrap();
@@ -205,7 +205,7 @@ async fn a_rollout_reaches_real_agents_through_the_group_notice() {
 async fn the_agent_notifies_systemd_and_feeds_its_watchdog() {
     let world = World::new(1000).await;
     let id = device_id("systemd");
-    world.device(&id).await;
+    world.app.register_device(&id).await;
     let tmp = tempfile::tempdir().unwrap();
     let socket_path = tmp.path().join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();

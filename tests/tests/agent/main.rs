@@ -83,11 +83,6 @@ impl World {
         }
     }
 
-    /// Registers `id`.
-    pub async fn device(&self, id: &str) {
-        self.app.register_device(id).await;
-    }
-
     /// A job installing the release on `device`; returns its id.
     pub async fn job(&self, device: &str) -> String {
         let (status, job) = self

@@ -20,7 +20,7 @@ async fn an_agent_updates_over_mutual_tls_and_a_revoked_one_cannot_connect() {
     options.broker = Some((mqtt.clone(), broker.url(), Some(broker.service_tls())));
     let world = World::with(1024 * 1024 + 99, options).await;
     let id = device_id("pi-tls");
-    world.device(&id).await;
+    world.app.register_device(&id).await;
     let mut agent_options = AgentOptions::new(&id, world.key.public());
     agent_options.tls = Some((broker.url(), broker.provision(&id).unwrap()));
     let mut agent = TestAgent::new(&world.app.mqtt, &agent_options).unwrap();

@@ -51,12 +51,7 @@ async fn a_targeted_job_runs_through_its_states_on_reports() {
     options.trusted_keys = vec![key.public()];
     options.s3 = Some(TestBucket::new().await.unwrap());
     let app = TestApp::spawn_with(options).await.unwrap();
-    app.call(
-        Method::POST,
-        "/v1/devices",
-        Some(json!({"id": "pi-1", "hardware": "rpi4"})),
-    )
-    .await;
+    app.register_device("pi-1").await;
     let bytes = image(200_000, 9);
     let (status, release) = upload(
         &app,
@@ -183,12 +178,7 @@ async fn every_transition_follows_the_table() {
     let mut options = Options::new(Backend::Postgres);
     options.trusted_keys = vec![key.public()];
     let app = TestApp::spawn_with(options).await.unwrap();
-    app.call(
-        Method::POST,
-        "/v1/devices",
-        Some(json!({"id": "pi-9", "hardware": "rpi4"})),
-    )
-    .await;
+    app.register_device("pi-9").await;
     let bytes = image(1000, 1);
     let (_, release) = upload(
         &app,
@@ -265,12 +255,7 @@ on_both_backends!(
         options.trusted_keys = vec![key.public()];
         let app = TestApp::spawn_with(options).await.unwrap();
         for id in ["pi-7", "pi-8"] {
-            app.call(
-                Method::POST,
-                "/v1/devices",
-                Some(json!({"id": id, "hardware": "rpi4"})),
-            )
-            .await;
+            app.register_device(id).await;
         }
         let bytes = image(1000, 2);
         let (_, release) = upload(
@@ -317,12 +302,7 @@ on_both_backends!(
 #[tokio::test]
 async fn a_device_deletion_waits_for_the_executions_being_written() {
     let app = TestApp::spawn(Backend::Postgres).await.unwrap();
-    app.call(
-        Method::POST,
-        "/v1/devices",
-        Some(json!({"id": "pi-5", "hardware": "rpi4"})),
-    )
-    .await;
+    app.register_device("pi-5").await;
     let now = chrono::Utc::now();
     let txn = app.db.begin().await.unwrap();
     fleetwave::registry::devices::hold_devices(&txn)
@@ -361,19 +341,13 @@ async fn a_device_deletion_and_a_report_of_the_same_device_do_not_deadlock() {
     use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
 
     let app = TestApp::spawn(Backend::Postgres).await.unwrap();
-    app.call(
-        Method::POST,
-        "/v1/devices",
-        Some(json!({"id": "pi-6", "hardware": "rpi4"})),
-    )
-    .await;
+    app.register_device("pi-6").await;
     let now = chrono::Utc::now();
     write_queued_execution(&app.db, "job-6", "pi-6", now).await;
     // The report: the device's firmware recorded (its row locked)...
     let report = app.db.begin().await.unwrap();
-    fleetwave::registry::devices::record_firmware(&report, "pi-6", &semver::Version::new(1, 0, 0))
-        .await
-        .unwrap();
+    fleetwave_tests::harness::app::record_firmware(&report, "pi-6", &semver::Version::new(1, 0, 0))
+        .await;
     let deletion = tokio::spawn(
         app.request(Method::DELETE, "/v1/devices/pi-6", Some(&app.admin_token))
             .send(),

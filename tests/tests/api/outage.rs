@@ -8,7 +8,6 @@ use fleetwave::shadow;
 use fleetwave_artifacts::DeviceId;
 use fleetwave_tests::harness::app::{Backend, Options, TestApp};
 use fleetwave_tests::harness::own_postgres::OwnPostgres;
-use reqwest::{Method, StatusCode};
 use rumqttc::QoS;
 use serde_json::json;
 
@@ -20,14 +19,7 @@ async fn every_update_is_recorded_across_a_database_outage() {
     let mut options = Options::new(Backend::Postgres);
     options.database_url = Some(pg.url());
     let app = TestApp::spawn_with(options).await.unwrap();
-    let (status, _) = app
-        .call(
-            Method::POST,
-            "/v1/devices",
-            Some(json!({"id": "pi-1", "hardware": "rpi4"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    app.register_device("pi-1").await;
 
     let (client, mut events) = app.mqtt.client("pi-1");
     tokio::spawn(async move { while events.poll().await.is_ok() {} });

@@ -1289,9 +1289,7 @@ async fn fanout_agrees_with_the_rust_rules(backend: Backend, rate: Option<u32>) 
                 assert_eq!(status, StatusCode::CREATED, "{body}");
                 let installed = version.map(|v| semver::Version::parse(v).unwrap());
                 if let Some(v) = &installed {
-                    fleetwave::registry::devices::record_firmware(&app.db, &id, v)
-                        .await
-                        .unwrap();
+                    fleetwave_tests::harness::app::record_firmware(&app.db, &id, v).await;
                 }
                 devices.push((id, hardware, installed));
             }
