@@ -1,12 +1,13 @@
 //! A shadow update as a device publishes it on `…/shadow/update`: any bytes are refused
 //! with a status, or accepted into a document within its bounds, which a second update of
-//! the same request then merges into (the stored-shadow path); a refused update leaves the
-//! shadow as it was.
+//! the same request then merges into (the stored-shadow path), as it does into two stored
+//! shadows (one a few bytes short of the limit); a refused update leaves the shadow as it was.
 
 #![no_main]
 
 use fleetwave::shadow::document::{self, MAX_DOCUMENT_BYTES, Shadow};
 use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(request) = serde_json::from_slice::<serde_json::Value>(data) else {
@@ -15,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = document::client_token(&request);
     let mut shadow = Shadow::default();
     if document::update(&mut shadow, &request, 1_700_000_000).is_err() {
-        assert_eq!(shadow, Shadow::default(), "a refused update changed nothing");
+        assert_eq!(
+            shadow,
+            Shadow::default(),
+            "a refused update changed nothing"
+        );
         return;
     }
     check(&shadow);
@@ -28,7 +33,37 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(_) => assert_eq!(shadow, first, "a refused update changed nothing"),
     }
+    // The same request merged into stored shadows: one with floats, nested objects and a
+    // key named `timestamp`, and one a few bytes short of the limit (most requests that
+    // grow it are refused after the merge, which puts the shadow back).
+    for seed in seeds() {
+        let mut shadow = seed.clone();
+        match document::update(&mut shadow, &request, 1_700_000_002) {
+            Ok(_) => {
+                check(&shadow);
+                assert_eq!(shadow.version, seed.version + 1);
+            }
+            Err(_) => assert_eq!(&shadow, seed, "a refused update changed nothing"),
+        }
+    }
 });
+
+/// The stored shadows every input is also merged into.
+fn seeds() -> &'static [Shadow] {
+    static SEEDS: OnceLock<Vec<Shadow>> = OnceLock::new();
+    SEEDS.get_or_init(|| {
+        let rich = serde_json::json!({"state": {
+            "desired": {"fw": "2.0.0", "cfg": {"timestamp": 0.1, "list": [1.5, "x", {"a": true}]}},
+            "reported": {"fw": "1.0.0", "cfg": {"timestamp": {"b": -0.0}}, "f": 150e55}}});
+        let mut shadow = Shadow::default();
+        document::update(&mut shadow, &rich, 1_700_000_000).expect("the rich seed");
+        let mut full = shadow.clone();
+        let room = MAX_DOCUMENT_BYTES - serde_json::to_string(&full.document()).unwrap().len();
+        let blob = serde_json::json!({"state": {"reported": {"blob": "z".repeat(room - 120)}}});
+        document::update(&mut full, &blob, 1_700_000_001).expect("the full seed");
+        vec![shadow, full]
+    })
+}
 
 /// A stored shadow stays within its size bound and reads back as it was written.
 fn check(shadow: &Shadow) {

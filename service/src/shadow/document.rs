@@ -1,6 +1,6 @@
 //! Device shadow documents with AWS IoT Device Shadow semantics, as pure functions over
-//! JSON: no IO, no clock (the time is passed in), so every rule is unit-tested here and the
-//! MQTT and HTTP edges only move bytes.
+//! JSON: no IO, no clock (the time is passed in; `update` edits the shadow it is given in
+//! place), so every rule is unit-tested here and the MQTT and HTTP edges only move bytes.
 //!
 //! - `desired` and `reported` merge into the document: nested objects merge, `null` deletes
 //!   a field (or a whole section), arrays and scalars replace what was there. Arrays may not
@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 /// Deepest nesting of `desired` or `reported`.
 pub const MAX_DEPTH: usize = 8;
-/// Largest document (state, metadata and version), in bytes of JSON.
+/// Largest document (`{"metadata", "state", "version"}`), in bytes of JSON.
 pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024;
 /// Longest `clientToken`.
 pub const MAX_CLIENT_TOKEN: usize = 64;
@@ -90,9 +90,13 @@ pub fn client_token(request: &Value) -> Result<Option<&str>, Rejection> {
     }
 }
 
-/// Applies an `update` request to `shadow` (version 0: no shadow yet) at time `now`, in
-/// place: accepted, `shadow` is the next one; refused, it is as it was.
+/// Applies an `update` request to `shadow` (version 0: no shadow yet, the default one) at
+/// time `now`, in place: accepted, `shadow` is the next one; refused, it is as it was.
 pub fn update(shadow: &mut Shadow, request: &Value, now: u64) -> Result<Updated, Rejection> {
+    debug_assert!(
+        shadow.version > 0 || *shadow == Shadow::default(),
+        "a shadow at version 0 is the empty one"
+    );
     let Value::Object(req) = request else {
         return Err(Rejection::bad("the request must be a JSON object"));
     };
@@ -200,7 +204,7 @@ pub fn update(shadow: &mut Shadow, request: &Value, now: u64) -> Result<Updated,
             previous: previous.as_deref(),
             timestamp: now,
         },
-        stored + previous_len + 128,
+        stored + previous_len + 200 + token.map_or(0, str::len),
     );
     let delta = if state.contains_key("desired") {
         next.delta().map(|(delta, meta)| {
@@ -788,7 +792,7 @@ mod tests {
     fn a_refused_update_leaves_the_shadow_as_it_was() {
         let mut shadow = apply(
             None,
-            json!({"state": {"desired": {"fw": "2.0.0", "cfg": {"a": [1.5, "x"]}},
+            json!({"state": {"desired": {"fw": "2.0.0", "cfg": {"a": [1.5, "x"], "f": 0.1}},
                 "reported": {"fw": "1.0.0", "cfg": {"a": null, "b": true}}}}),
         )
         .unwrap()

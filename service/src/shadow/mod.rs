@@ -198,7 +198,7 @@ pub async fn update_run(
         ids
     };
     let ids = requested(&|_| true);
-    // Each registered device's current shadow (none yet: `None`), and whether it changed.
+    // Each registered device's current shadow (none yet: version 0), and whether it changed.
     let mut shadows: HashMap<String, Current> = HashMap::with_capacity(ids.len());
     // The run's shadows are locked in id order and read in the same statement: a row
     // locked `FOR UPDATE` comes back as its latest committed version, so a concurrent
@@ -482,11 +482,15 @@ fn decode(row: &shadows::Model) -> Result<Shadow, DbErr> {
     decode_document(&row.device_id, &row.document, row.version)
 }
 
-/// A stored shadow document of `device` at `version`.
+/// A stored shadow document of `device` at `version` (1 or more: a stored shadow was
+/// accepted at least once, and version 0 stands for none).
 fn decode_document(device: &str, document: &str, version: i64) -> Result<Shadow, DbErr> {
-    let mut shadow: Shadow = serde_json::from_str(document)
-        .map_err(|e| DbErr::Custom(format!("stored shadow of {device} is corrupt: {e}")))?;
-    shadow.version = u64::try_from(version).unwrap_or(0);
+    let corrupt = |e: String| DbErr::Custom(format!("stored shadow of {device} is corrupt: {e}"));
+    let mut shadow: Shadow = serde_json::from_str(document).map_err(|e| corrupt(e.to_string()))?;
+    shadow.version = u64::try_from(version)
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| corrupt(format!("version {version}")))?;
     Ok(shadow)
 }
 

@@ -5,11 +5,12 @@
 use anyhow::{Context, Result};
 use fleetwave::config::{Settings, StorageKind};
 use fleetwave::registry::devices::{Report, record_reports};
+use fleetwave::registry::entities::devices;
 use fleetwave::startup::Application;
 use fleetwave::storage::Storage;
 use fleetwave_artifacts::PublicKey;
 use reqwest::{Method, RequestBuilder, StatusCode};
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait};
 use serde_json::Value;
 
 use super::init;
@@ -306,13 +307,25 @@ impl TestApp {
 }
 
 /// Records in the registry that registered device `id` runs `version`, seen now, as its
-/// shadow's report of that firmware would (for fleets a test sets up without agents).
+/// shadow's report of that firmware would (for fleets a test sets up without agents), and
+/// checks that the device's row holds it (so, when it changed, the row was written and is
+/// locked by `db`'s transaction).
 pub async fn record_firmware(db: &impl ConnectionTrait, id: &str, version: &semver::Version) {
     let report = Report {
         id: id.to_owned(),
         firmware: Some(version.clone()),
     };
-    record_reports(db, &[report], &[], true, chrono::Utc::now())
+    record_reports(db, &[report], &[], true, fleetwave::db::now())
         .await
         .unwrap_or_else(|e| panic!("recording firmware {version} for {id}: {e}"));
+    let row = devices::Entity::find_by_id(id.to_owned())
+        .one(db)
+        .await
+        .unwrap_or_else(|e| panic!("reading device {id}: {e}"))
+        .unwrap_or_else(|| panic!("device {id} is not registered"));
+    assert_eq!(
+        row.firmware_version.as_deref(),
+        Some(version.to_string().as_str()),
+        "firmware of {id}"
+    );
 }
