@@ -1,12 +1,13 @@
 //! A shadow update as a device publishes it on `…/shadow/update`: any bytes are refused
 //! with a status, or accepted into a document within its bounds, which a second update of
 //! the same request then merges into (the stored-shadow path), as it does into two stored
-//! shadows (one a few bytes short of the limit); a refused update leaves the shadow as it was.
+//! shadows (one 78 bytes short of the limit); a refused update leaves the shadow as it was.
 
 #![no_main]
 
 use fleetwave::shadow::document::{self, MAX_DOCUMENT_BYTES, Shadow};
 use libfuzzer_sys::fuzz_target;
+use serde_json::{Map, Value};
 use std::sync::OnceLock;
 
 fuzz_target!(|data: &[u8]| {
@@ -34,8 +35,8 @@ fuzz_target!(|data: &[u8]| {
         Err(_) => assert_eq!(shadow, first, "a refused update changed nothing"),
     }
     // The same request merged into stored shadows: one with floats, nested objects and a
-    // key named `timestamp`, and one a few bytes short of the limit (most requests that
-    // grow it are refused after the merge, which puts the shadow back).
+    // key named `timestamp`, and one 78 bytes short of the limit (a request that grows it
+    // by more is refused after the merge, which puts the shadow back).
     for seed in seeds() {
         let mut shadow = seed.clone();
         match document::update(&mut shadow, &request, 1_700_000_002) {
@@ -59,14 +60,24 @@ fn seeds() -> &'static [Shadow] {
         document::update(&mut shadow, &rich, 1_700_000_000).expect("the rich seed");
         let mut full = shadow.clone();
         let room = MAX_DOCUMENT_BYTES - serde_json::to_string(&full.document()).unwrap().len();
-        let blob = serde_json::json!({"state": {"reported": {"blob": "z".repeat(room - 120)}}});
+        let blob = "z".repeat(room.checked_sub(120).expect("the rich seed leaves room"));
+        let blob = serde_json::json!({"state": {"reported": {"blob": blob}}});
         document::update(&mut full, &blob, 1_700_000_001).expect("the full seed");
+        let left = MAX_DOCUMENT_BYTES - serde_json::to_string(&full.document()).unwrap().len();
+        assert_eq!(left, 78, "the full seed's room");
         vec![shadow, full]
     })
 }
 
-/// A stored shadow stays within its size bound and reads back as it was written.
+/// A stored shadow stays within its size bound, its metadata mirrors its state (a stamp at
+/// each leaf, an object for each object), and it reads back as it was written.
 fn check(shadow: &Shadow) {
+    for (state, meta) in [
+        (&shadow.desired, &shadow.desired_meta),
+        (&shadow.reported, &shadow.reported_meta),
+    ] {
+        mirrors(state.as_ref().unwrap_or(&Map::new()), meta);
+    }
     let stored = serde_json::to_string(shadow).expect("a shadow serialises");
     assert!(
         stored.len() <= 2 * MAX_DOCUMENT_BYTES,
@@ -77,4 +88,22 @@ fn check(shadow: &Shadow) {
     assert_eq!(&back, shadow);
     let _ = shadow.delta();
     let _ = shadow.document();
+}
+
+/// Asserts that `meta` has `{"timestamp": n}` at every leaf of `state` and nothing else.
+fn mirrors(state: &Map<String, Value>, meta: &Map<String, Value>) {
+    assert_eq!(
+        state.len(),
+        meta.len(),
+        "metadata {meta:?} for state {state:?}"
+    );
+    for (key, value) in state {
+        match (value, meta.get(key)) {
+            (Value::Object(inner), Some(Value::Object(m))) => mirrors(inner, m),
+            (_, Some(Value::Object(m))) => {
+                assert!(m.len() == 1 && m["timestamp"].is_u64(), "stamp {m:?}")
+            }
+            (_, m) => panic!("metadata {m:?} for {key}"),
+        }
+    }
 }

@@ -476,7 +476,7 @@ fn merge(target: &mut Object, meta: &mut Object, patch: &Object, now: u64) {
                     _ => Object::new(),
                 };
                 let mut sub_meta = match meta.remove(key) {
-                    Some(Value::Object(m)) if !m.contains_key("timestamp") => m,
+                    Some(Value::Object(m)) if !is_stamp(&m) => m,
                     _ => Object::new(),
                 };
                 merge(&mut sub, &mut sub_meta, inner, now);
@@ -491,6 +491,12 @@ fn merge(target: &mut Object, meta: &mut Object, patch: &Object, now: u64) {
             }
         }
     }
+}
+
+/// Whether `meta` is a leaf's `{"timestamp": n}` rather than the metadata of an object
+/// (which may have a field named `timestamp`: its metadata is an object, never a number).
+fn is_stamp(meta: &Object) -> bool {
+    meta.get("timestamp").is_some_and(Value::is_number)
 }
 
 /// The fields of `desired` that `reported` does not hold with the same value.
@@ -522,7 +528,7 @@ fn pick(meta: &Object, shape: &Object) -> Object {
             Some((
                 k.clone(),
                 match (v, m) {
-                    (Value::Object(inner), Value::Object(mm)) if !mm.contains_key("timestamp") => {
+                    (Value::Object(inner), Value::Object(mm)) if !is_stamp(mm) => {
                         Value::Object(pick(mm, inner))
                     }
                     _ => m.clone(),
@@ -687,6 +693,36 @@ mod tests {
             .shadow;
         assert_eq!(s.reported, None);
         assert_eq!(s.version, 4);
+    }
+
+    /// A field named `timestamp` is a field like any other: its object keeps the stamps of
+    /// its other fields when a later update merges into it.
+    #[test]
+    fn a_field_named_timestamp_keeps_its_siblings_stamps() {
+        let s = apply(
+            None,
+            json!({"state": {"desired": {"cfg": {"timestamp": 1, "list": [1]}}}}),
+        )
+        .unwrap()
+        .shadow;
+        let s = update_at(
+            Some(&s),
+            &json!({"state": {"desired": {"cfg": {"x": 2}}}}),
+            2000,
+        )
+        .unwrap()
+        .shadow;
+        assert_eq!(
+            Value::Object(s.desired_meta.clone()),
+            json!({"cfg": {"timestamp": {"timestamp": 1000}, "list": {"timestamp": 1000},
+                "x": {"timestamp": 2000}}})
+        );
+        let (delta, meta) = s.delta().unwrap();
+        assert_eq!(delta["cfg"]["timestamp"], 1);
+        assert_eq!(
+            Value::Object(meta),
+            json!({"cfg": s.desired_meta["cfg"].clone()})
+        );
     }
 
     #[test]
