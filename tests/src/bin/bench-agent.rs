@@ -30,29 +30,29 @@ use fleetwave_tests::harness::proc::PeakSampler;
 use fleetwave_tests::harness::s3::TestBucket;
 use fleetwave_tests::harness::{bin, release};
 
+/// P3: the agent's download pipeline against `curl | tee | sha256sum`.
+#[derive(clap::Parser)]
+struct Args {
+    /// Image sizes to measure, in MiB (repeat for several).
+    #[arg(long = "size-mib", default_values_t = [64, 1024], value_parser = clap::value_parser!(u64).range(1..))]
+    size_mib: Vec<u64>,
+    /// Alternating runs of each (default: 10 up to 256 MiB, 5 above).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: Option<u32>,
+    /// Keep the cores out of idle with a lowest-priority spinner per core (a diagnostic).
+    #[arg(long)]
+    busy_cores: bool,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     fleetwave_tests::harness::init();
-    let mut args = std::env::args().skip(1);
-    let mut sizes = Vec::new();
-    let mut rounds: Option<usize> = None;
-    let mut busy = false;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--size-mib" => sizes.push(args.next().context("--size-mib N")?.parse::<u64>()?),
-            "--rounds" => rounds = Some(args.next().context("--rounds N")?.parse()?),
-            "--busy-cores" => busy = true,
-            other => {
-                bail!(
-                    "unknown argument {other}; usage: bench-agent [--size-mib N]... [--rounds N] [--busy-cores]"
-                )
-            }
-        }
-    }
-    ensure!(rounds != Some(0), "--rounds must be at least 1");
-    if sizes.is_empty() {
-        sizes = vec![64, 1024];
-    }
+    let Args {
+        size_mib: sizes,
+        rounds,
+        busy_cores: busy,
+    } = clap::Parser::parse();
+    let rounds = rounds.map(|r| r as usize);
     let profile = match (cfg!(debug_assertions), busy) {
         (true, false) => "dev",
         (true, true) => "dev, cores kept busy",

@@ -33,25 +33,29 @@ use fleetwave_tests::harness::service::ServiceProcess;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use sea_orm::{ConnectionTrait, Statement};
 
+/// P2: shadow updates from many MQTT clients through Mosquitto into PostgreSQL, against
+/// the broker's raw pub → sub rate.
+#[derive(clap::Parser)]
+struct Args {
+    /// MQTT clients, one per registered device.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    clients: u32,
+    /// Shadow updates each client publishes.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    messages: u32,
+    /// Alternating rounds of each phase (the best is kept).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let mut clients: usize = 100;
-    let mut messages: usize = 100;
-    let mut rounds: usize = 3;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--clients" => clients = args.next().context("--clients N")?.parse()?,
-            "--messages" => messages = args.next().context("--messages K")?.parse()?,
-            "--rounds" => rounds = args.next().context("--rounds R")?.parse()?,
-            other => {
-                bail!(
-                    "unknown argument {other}; usage: bench-ingest [--clients N] [--messages K] [--rounds R]"
-                )
-            }
-        }
-    }
-    anyhow::ensure!(rounds > 0, "--rounds must be at least 1");
+    let args = <Args as clap::Parser>::parse();
+    let (clients, messages, rounds) = (
+        args.clients as usize,
+        args.messages as usize,
+        args.rounds as usize,
+    );
     fleetwave::telemetry::init();
     // A Mosquitto of the benchmark's own with the limits `fleetwave broker config` writes.
     let broker = PlainBroker::start().await?;

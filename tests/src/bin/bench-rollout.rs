@@ -20,7 +20,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use fleetwave_artifacts::SecretKey;
 use fleetwave_tests::harness::app::{Backend, Options, TestApp};
 use fleetwave_tests::harness::postgres::register_fleet;
@@ -29,25 +29,24 @@ use reqwest::Method;
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::json;
 
+/// P1 and P4: a rollout's fan-out against `COPY`, and its status latency.
+#[derive(clap::Parser)]
+struct Args {
+    /// Devices in the rollout's group.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    devices: u64,
+    /// Status requests timed.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    requests: u32,
+    /// Alternating rounds of fan-out and `COPY` (the fastest of each counts).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let mut devices: u64 = 100_000;
-    let mut requests: usize = 1000;
-    let mut rounds: usize = 3;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--devices" => devices = args.next().context("--devices N")?.parse()?,
-            "--requests" => requests = args.next().context("--requests R")?.parse()?,
-            "--rounds" => rounds = args.next().context("--rounds K")?.parse()?,
-            other => {
-                bail!(
-                    "unknown argument {other}; usage: bench-rollout [--devices N] [--requests R] [--rounds K]"
-                )
-            }
-        }
-    }
-    anyhow::ensure!(rounds > 0, "--rounds must be at least 1");
+    let args = <Args as clap::Parser>::parse();
+    let (devices, requests, rounds) = (args.devices, args.requests as usize, args.rounds as usize);
     let key = SecretKey::generate()?;
     let mut options = Options::new(Backend::Postgres);
     options.trusted_keys = vec![key.public()];

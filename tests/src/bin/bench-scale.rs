@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use fleetwave_tests::harness::mqtt::TestMqtt;
 use fleetwave_tests::harness::postgres::TestDb;
 use fleetwave_tests::harness::postgres::register_fleet;
@@ -21,17 +21,18 @@ use fleetwave_tests::harness::s3::TestBucket;
 use fleetwave_tests::harness::service::ServiceProcess;
 use serde_json::{Value, json};
 
+/// P5: the service's memory with a large fleet during a rollout.
+#[derive(clap::Parser)]
+struct Args {
+    /// Devices registered and rolled out to.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    devices: u64,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     fleetwave_tests::harness::init();
-    let mut args = std::env::args().skip(1);
-    let mut devices: u64 = 1_000_000;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--devices" => devices = args.next().context("--devices N")?.parse()?,
-            other => bail!("unknown argument {other}; usage: bench-scale [--devices N]"),
-        }
-    }
+    let devices = <Args as clap::Parser>::parse().devices;
     let dir = tempfile::tempdir()?;
     let (key, keys) = release::trusted_key(dir.path())?;
     let db = TestDb::new().await?;

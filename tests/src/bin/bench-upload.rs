@@ -18,17 +18,18 @@ use fleetwave_tests::harness::proc::{PeakSampler, rss_kib};
 use fleetwave_tests::harness::s3::TestBucket;
 use fleetwave_tests::harness::{bin, release};
 
+/// A release upload through the service against object_store straight to S3.
+#[derive(clap::Parser)]
+struct Args {
+    /// Image size in MiB.
+    #[arg(long = "size-mib", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    size_mib: u64,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let mut args = std::env::args().skip(1);
-    let mut size_mib: u64 = 1024;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--size-mib" => size_mib = args.next().context("--size-mib N")?.parse()?,
-            other => bail!("unknown argument {other}; usage: bench-upload [--size-mib N]"),
-        }
-    }
+    let size_mib = <Args as clap::Parser>::parse().size_mib;
     let size = size_mib << 20;
     let dir = tempfile::tempdir()?;
 
