@@ -252,7 +252,7 @@ pub struct Report {
 }
 
 /// What the registry holds of a device that its reports keep up to date.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Recorded {
     /// The firmware version it last reported.
     pub firmware_version: Option<String>,

@@ -18,6 +18,9 @@ use serde_json::{Map, Value, json};
 pub const MAX_DEPTH: usize = 8;
 /// Largest document (`{"metadata", "state", "version"}`), in bytes of JSON.
 pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024;
+/// Bytes of the documents answer besides the two documents and the token: its keys,
+/// `"previous":null` and the timestamp take under 100.
+const DOCUMENTS_ENVELOPE: usize = 200;
 /// Longest `clientToken`.
 pub const MAX_CLIENT_TOKEN: usize = 64;
 
@@ -153,11 +156,10 @@ pub fn update(shadow: &mut Shadow, request: &Value, now: u64) -> Result<Updated,
         serde_json::value::to_raw_value(&shadow.view(Some(previous_version)))
             .expect("a document serialises")
     });
-    let next = shadow;
     for (section, value) in state {
         let (data, meta) = match section.as_str() {
-            "desired" => (&mut next.desired, &mut next.desired_meta),
-            _ => (&mut next.reported, &mut next.reported_meta),
+            "desired" => (&mut shadow.desired, &mut shadow.desired_meta),
+            _ => (&mut shadow.reported, &mut shadow.reported_meta),
         };
         match value {
             Value::Object(patch) => {
@@ -171,13 +173,13 @@ pub fn update(shadow: &mut Shadow, request: &Value, now: u64) -> Result<Updated,
             }
         }
     }
-    next.version = previous_version + 1;
+    shadow.version = previous_version + 1;
     // Serialised once: measured against the limit, then copied into the documents answer.
-    let current = serde_json::value::to_raw_value(&next.view(Some(next.version)))
+    let current = serde_json::value::to_raw_value(&shadow.view(Some(shadow.version)))
         .expect("a document serialises");
     let stored = current.get().len();
     if stored > MAX_DOCUMENT_BYTES {
-        *next = previous
+        *shadow = previous
             .as_deref()
             .map(Shadow::from_view)
             .unwrap_or_default();
@@ -194,7 +196,7 @@ pub fn update(shadow: &mut Shadow, request: &Value, now: u64) -> Result<Updated,
         metadata: Stamps { state, now },
         state,
         timestamp: now,
-        version: next.version,
+        version: shadow.version,
     });
     let previous_len = previous.as_deref().map_or(0, |p| p.get().len());
     let documents = to_json_within(
@@ -204,16 +206,16 @@ pub fn update(shadow: &mut Shadow, request: &Value, now: u64) -> Result<Updated,
             previous: previous.as_deref(),
             timestamp: now,
         },
-        stored + previous_len + 200 + token.map_or(0, str::len),
+        stored + previous_len + DOCUMENTS_ENVELOPE + token.map_or(0, str::len),
     );
     let delta = if state.contains_key("desired") {
-        next.delta().map(|(delta, meta)| {
+        shadow.delta().map(|(delta, meta)| {
             to_json(&StateAnswer {
                 client_token: token,
                 metadata: &meta,
                 state: &delta,
                 timestamp: now,
-                version: next.version,
+                version: shadow.version,
             })
         })
     } else {

@@ -167,7 +167,8 @@ fn update_answers(updated: document::Updated) -> Vec<Outgoing> {
 /// locked, their shadows read again, an `INSERT`). Locks are taken as [`lock_one`] takes
 /// them. The registry then records the run's firmware and last-seen times where they
 /// changed ([`record_reports`]: at most two statements, none when nothing changed, as for
-/// most runs), and each report's transition follows, request by request, in order. Answers come
+/// most runs, plus one per report of a device whose reports in the run named different
+/// firmware), and each report's transition follows, request by request, in order. Answers come
 /// back in the requests' order.
 pub async fn update_run(
     txn: &impl ConnectionTrait,

@@ -34,10 +34,10 @@ use fleetwave_tests::harness::{bin, release};
 #[derive(clap::Parser)]
 struct Args {
     /// Image sizes to measure, in MiB (repeat for several).
-    #[arg(long = "size-mib", default_values_t = [64, 1024], value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(value_name = "N", long = "size-mib", default_values_t = [64, 1024], value_parser = clap::value_parser!(u64).range(1..))]
     size_mib: Vec<u64>,
     /// Alternating runs of each (default: 10 up to 256 MiB, 5 above).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(value_name = "N", long, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: Option<u32>,
     /// Keep the cores out of idle with a lowest-priority spinner per core (a diagnostic).
     #[arg(long)]

@@ -38,13 +38,13 @@ use sea_orm::{ConnectionTrait, Statement};
 #[derive(clap::Parser)]
 struct Args {
     /// MQTT clients, one per registered device.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(value_name = "N", long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     clients: u32,
     /// Shadow updates each client publishes.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(value_name = "K", long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     messages: u32,
     /// Alternating rounds of each phase (the best is kept).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(value_name = "R", long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
 }
 

@@ -33,13 +33,13 @@ use serde_json::json;
 #[derive(clap::Parser)]
 struct Args {
     /// Devices in the rollout's group.
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(value_name = "N", long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     devices: u64,
     /// Status requests timed.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(value_name = "R", long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     requests: u32,
     /// Alternating rounds of fan-out and `COPY` (the fastest of each counts).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(value_name = "K", long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
 }
 

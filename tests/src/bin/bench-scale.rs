@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 #[derive(clap::Parser)]
 struct Args {
     /// Devices registered and rolled out to.
-    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(value_name = "N", long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     devices: u64,
 }
 

@@ -22,7 +22,7 @@ use fleetwave_tests::harness::{bin, release};
 #[derive(clap::Parser)]
 struct Args {
     /// Image size in MiB.
-    #[arg(long = "size-mib", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(value_name = "N", long = "size-mib", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     size_mib: u64,
 }
 
