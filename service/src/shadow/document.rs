@@ -11,7 +11,6 @@
 //! - `delta` holds the desired fields that reported does not match.
 //! - `clientToken` (at most 64 bytes) is echoed in every answer.
 
-use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 /// Deepest nesting of `desired` or `reported`.
@@ -19,15 +18,16 @@ pub const MAX_DEPTH: usize = 8;
 /// Largest document (`{"metadata", "state", "version"}`), in bytes of JSON.
 pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024;
 /// Bytes of the documents answer besides the two documents and the token: its keys,
-/// `"previous":null` and the timestamp take under 100.
-const DOCUMENTS_ENVELOPE: usize = 200;
+/// `null` for no previous document and the timestamp take under 80.
+const DOCUMENTS_ENVELOPE: usize = 100;
 /// Longest `clientToken`.
 pub const MAX_CLIENT_TOKEN: usize = 64;
 
 type Object = Map<String, Value>;
 
-/// A stored shadow.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+/// A shadow's state, metadata and version; it serialises as its document,
+/// `{"metadata": {...}, "state": {...}, "version": n}`, the form it is stored in.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Shadow {
     /// Desired state (absent: no desired section).
     pub desired: Option<Object>,
@@ -39,6 +39,90 @@ pub struct Shadow {
     pub reported_meta: Object,
     /// Rises by one on every accepted update; 0 before the first.
     pub version: u64,
+}
+
+/// A shadow with its document as JSON, as stored. [`update`] serialises a shadow's document
+/// once: that text is the `current` of its answer, what is written back, and the
+/// `previous` of the next update's answer, so the stored text (read with the row) is never
+/// serialised again.
+#[derive(Clone, Debug, Default)]
+pub struct Stored {
+    shadow: Shadow,
+    /// The shadow's document (`serde_json::to_string(&shadow)`); None when not serialised
+    /// yet, and always for no shadow (version 0).
+    document: Option<String>,
+}
+
+impl From<Shadow> for Stored {
+    fn from(shadow: Shadow) -> Self {
+        Stored {
+            shadow,
+            document: None,
+        }
+    }
+}
+
+impl Stored {
+    /// A shadow as stored: its document, or the earlier storage format (the fields of
+    /// [`Shadow`], rewritten as a document on the shadow's next update).
+    pub fn read(text: String) -> serde_json::Result<Stored> {
+        /// The storage format before documents: `Shadow`'s fields, named as in Rust.
+        #[derive(serde::Deserialize)]
+        struct Earlier {
+            desired: Option<Object>,
+            reported: Option<Object>,
+            desired_meta: Object,
+            reported_meta: Object,
+            version: u64,
+        }
+        match serde_json::from_str::<Shadow>(&text) {
+            Ok(shadow) => Ok(Stored {
+                shadow,
+                document: Some(text),
+            }),
+            Err(e) => match serde_json::from_str::<Earlier>(&text) {
+                Ok(earlier) => Ok(Stored::from(Shadow {
+                    desired: earlier.desired,
+                    reported: earlier.reported,
+                    desired_meta: earlier.desired_meta,
+                    reported_meta: earlier.reported_meta,
+                    version: earlier.version,
+                })),
+                Err(_) => Err(e),
+            },
+        }
+    }
+
+    /// The shadow.
+    pub fn shadow(&self) -> &Shadow {
+        &self.shadow
+    }
+
+    /// The shadow, without its text.
+    pub fn into_shadow(self) -> Shadow {
+        self.shadow
+    }
+
+    /// The shadow's document as JSON, to store (serialised now unless it is already); the
+    /// next update serialises it again.
+    pub fn take_document(&mut self) -> String {
+        self.document
+            .take()
+            .unwrap_or_else(|| serialise(&self.shadow))
+    }
+}
+
+/// A shadow's document as JSON.
+fn serialise(shadow: &Shadow) -> String {
+    serialise_within(shadow, 512)
+}
+
+/// [`serialise`] into a buffer of `capacity` bytes from the start: one grown from
+/// serde_json's default 128 bytes is copied at every doubling.
+fn serialise_within(shadow: &Shadow, capacity: usize) -> String {
+    let mut bytes = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut bytes, shadow).expect("a document serialises");
+    String::from_utf8(bytes).expect("serde_json writes UTF-8")
 }
 
 /// A refused request: an HTTP-like code and a message, as AWS IoT answers on `/rejected`.
@@ -93,12 +177,18 @@ pub fn client_token(request: &Value) -> Result<Option<&str>, Rejection> {
     }
 }
 
-/// Applies an `update` request to `shadow` (version 0: no shadow yet, the default one) at
-/// time `now`, in place: accepted, `shadow` is the next one; refused, it is as it was.
-pub fn update(shadow: &mut Shadow, request: &Value, now: u64) -> Result<Updated, Rejection> {
+/// Applies an `update` request to `stored` (version 0: no shadow yet, the default one) at
+/// time `now`, in place: accepted, `stored` is the next shadow, with its document; refused,
+/// the shadow is as it was.
+pub fn update(stored: &mut Stored, request: &Value, now: u64) -> Result<Updated, Rejection> {
+    let Stored { shadow, document } = stored;
     debug_assert!(
         shadow.version > 0 || *shadow == Shadow::default(),
         "a shadow at version 0 is the empty one"
+    );
+    debug_assert!(
+        document.as_ref().is_none_or(|d| *d == serialise(shadow)),
+        "a stored shadow's text is its document"
     );
     let Value::Object(req) = request else {
         return Err(Rejection::bad("the request must be a JSON object"));
@@ -150,12 +240,12 @@ pub fn update(shadow: &mut Shadow, request: &Value, now: u64) -> Result<Updated,
         }
     }
 
-    // The previous shadow is serialised before it is merged into (it is in the documents
-    // answer); a merge that grows it past the limit puts it back from those bytes.
-    let previous = (previous_version > 0).then(|| {
-        serde_json::value::to_raw_value(&shadow.view(Some(previous_version)))
-            .expect("a document serialises")
-    });
+    // The previous document (in the documents answer) is the text as stored, or serialised
+    // before the shadow is merged into; a merge that grows the shadow past the limit puts it
+    // back from that text.
+    if previous_version > 0 && document.is_none() {
+        *document = Some(serialise(shadow));
+    }
     for (section, value) in state {
         let (data, meta) = match section.as_str() {
             "desired" => (&mut shadow.desired, &mut shadow.desired_meta),
@@ -174,19 +264,19 @@ pub fn update(shadow: &mut Shadow, request: &Value, now: u64) -> Result<Updated,
         }
     }
     shadow.version = previous_version + 1;
-    // Serialised once: measured against the limit, then copied into the documents answer.
-    let current = serde_json::value::to_raw_value(&shadow.view(Some(shadow.version)))
-        .expect("a document serialises");
-    let stored = current.get().len();
-    if stored > MAX_DOCUMENT_BYTES {
-        *shadow = previous
-            .as_deref()
-            .map(Shadow::from_view)
-            .unwrap_or_default();
+    // Serialised once, into a buffer a little larger than the previous document: measured
+    // against the limit, copied into the documents answer, and kept as the shadow's text.
+    let current = serialise_within(shadow, document.as_ref().map_or(512, |d| d.len() + 256));
+    if current.len() > MAX_DOCUMENT_BYTES {
+        *shadow = match document.as_deref() {
+            Some(previous) => serde_json::from_str(previous).expect("a document reads back"),
+            None => Shadow::default(),
+        };
         return Err(Rejection {
             code: 413,
             message: format!(
-                "the shadow would be {stored} bytes; the limit is {MAX_DOCUMENT_BYTES}"
+                "the shadow would be {} bytes; the limit is {MAX_DOCUMENT_BYTES}",
+                current.len()
             ),
         });
     }
@@ -198,16 +288,8 @@ pub fn update(shadow: &mut Shadow, request: &Value, now: u64) -> Result<Updated,
         timestamp: now,
         version: shadow.version,
     });
-    let previous_len = previous.as_deref().map_or(0, |p| p.get().len());
-    let documents = to_json_within(
-        &Documents {
-            client_token: token,
-            current: &current,
-            previous: previous.as_deref(),
-            timestamp: now,
-        },
-        stored + previous_len + DOCUMENTS_ENVELOPE + token.map_or(0, str::len),
-    );
+    let documents = documents_answer(token, &current, document.as_deref(), now);
+    *document = Some(current);
     let delta = if state.contains_key("desired") {
         shadow.delta().map(|(delta, meta)| {
             to_json(&StateAnswer {
@@ -241,51 +323,7 @@ impl Shadow {
 
     /// `{"state": {...}, "metadata": {...}, "version": n}`.
     pub fn document(&self) -> Value {
-        serde_json::to_value(self.view(Some(self.version))).expect("a document serialises")
-    }
-
-    /// The shadow as `{"metadata": {...}, "state": {...}}`, with `version` when given,
-    /// borrowed for serialising.
-    fn view(&self, version: Option<u64>) -> DocumentView<'_> {
-        DocumentView {
-            metadata: Sections {
-                desired: self.desired.as_ref().map(|_| &self.desired_meta),
-                reported: self.reported.as_ref().map(|_| &self.reported_meta),
-            },
-            state: Sections {
-                desired: self.desired.as_ref(),
-                reported: self.reported.as_ref(),
-            },
-            version,
-        }
-    }
-
-    /// The shadow a [`DocumentView`] with its version was serialised from (a section's
-    /// metadata is empty when the section is absent: they are set and removed together).
-    fn from_view(view: &RawValue) -> Shadow {
-        #[derive(serde::Deserialize)]
-        struct Owned {
-            metadata: OwnedSections,
-            state: OwnedSections,
-            version: u64,
-        }
-        #[derive(serde::Deserialize)]
-        struct OwnedSections {
-            desired: Option<Object>,
-            reported: Option<Object>,
-        }
-        let Owned {
-            metadata,
-            state,
-            version,
-        } = serde_json::from_str(view.get()).expect("a serialised view reads back");
-        Shadow {
-            desired: state.desired,
-            reported: state.reported,
-            desired_meta: metadata.desired.unwrap_or_default(),
-            reported_meta: metadata.reported.unwrap_or_default(),
-            version,
-        }
+        serde_json::to_value(self).expect("a document serialises")
     }
 
     /// The desired fields reported does not match, with their desired metadata.
@@ -296,6 +334,56 @@ impl Shadow {
         (!delta.is_empty()).then(|| {
             let meta = pick(&self.desired_meta, &delta);
             (delta, meta)
+        })
+    }
+}
+
+impl serde::Serialize for Shadow {
+    /// As its document, borrowed.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        DocumentView {
+            metadata: Sections {
+                desired: self.desired.as_ref().map(|_| &self.desired_meta),
+                reported: self.reported.as_ref().map(|_| &self.reported_meta),
+            },
+            state: Sections {
+                desired: self.desired.as_ref(),
+                reported: self.reported.as_ref(),
+            },
+            version: self.version,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Shadow {
+    /// From its document (a section's metadata is empty when the section is absent: they
+    /// are set and removed together).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Owned {
+            metadata: OwnedSections,
+            state: OwnedSections,
+            version: u64,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct OwnedSections {
+            desired: Option<Object>,
+            reported: Option<Object>,
+        }
+        let Owned {
+            metadata,
+            state,
+            version,
+        } = Owned::deserialize(deserializer)?;
+        Ok(Shadow {
+            desired: state.desired,
+            reported: state.reported,
+            desired_meta: metadata.desired.unwrap_or_default(),
+            reported_meta: metadata.reported.unwrap_or_default(),
+            version,
         })
     }
 }
@@ -315,13 +403,12 @@ struct Sections<'a> {
     reported: Option<&'a Object>,
 }
 
-/// `{"metadata", "state", "version"?}` of a shadow, borrowed.
+/// `{"metadata", "state", "version"}` of a shadow, borrowed.
 #[derive(serde::Serialize)]
 struct DocumentView<'a> {
     metadata: Sections<'a>,
     state: Sections<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    version: Option<u64>,
+    version: u64,
 }
 
 /// The `/update/accepted` and `/update/delta` documents.
@@ -335,14 +422,31 @@ struct StateAnswer<'a, M: serde::Serialize> {
     version: u64,
 }
 
-/// The `/update/documents` document.
-#[derive(serde::Serialize)]
-struct Documents<'a> {
-    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
-    client_token: Option<&'a str>,
-    current: &'a RawValue,
-    previous: Option<&'a RawValue>,
-    timestamp: u64,
+/// The `/update/documents` document, around the two documents' JSON as it is (keys in
+/// sorted order, as the other answers have them).
+fn documents_answer(
+    token: Option<&str>,
+    current: &str,
+    previous: Option<&str>,
+    now: u64,
+) -> Vec<u8> {
+    let capacity = current.len()
+        + previous.map_or(0, str::len)
+        + token.map_or(0, str::len)
+        + DOCUMENTS_ENVELOPE;
+    let mut bytes = Vec::with_capacity(capacity);
+    bytes.push(b'{');
+    if let Some(token) = token {
+        bytes.extend_from_slice(br#""clientToken":"#);
+        serde_json::to_writer(&mut bytes, token).expect("a string serialises");
+        bytes.push(b',');
+    }
+    bytes.extend_from_slice(br#""current":"#);
+    bytes.extend_from_slice(current.as_bytes());
+    bytes.extend_from_slice(br#","previous":"#);
+    bytes.extend_from_slice(previous.unwrap_or("null").as_bytes());
+    bytes.extend_from_slice(format!(r#","timestamp":{now}}}"#).as_bytes());
+    bytes
 }
 
 /// The metadata of an update's accepted sections: `{"timestamp": now}` at every field the
@@ -406,15 +510,11 @@ impl serde::Serialize for Stamped<'_> {
     }
 }
 
-/// `value` as JSON bytes (a document always serialises: its keys are strings).
+/// `value` as JSON bytes (a document always serialises: its keys are strings), in a
+/// buffer of 512 bytes from the start: one grown from serde_json's default 128 bytes is
+/// copied at every doubling.
 pub(crate) fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
-    to_json_within(value, 0)
-}
-
-/// [`to_json`] into a buffer of `capacity` bytes or more from the start: a document grown
-/// from serde_json's default 128 bytes is copied at every doubling.
-fn to_json_within(value: &impl serde::Serialize, capacity: usize) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(capacity.max(512));
+    let mut bytes = Vec::with_capacity(512);
     serde_json::to_writer(&mut bytes, value).expect("a document serialises");
     bytes
 }
@@ -553,16 +653,16 @@ mod tests {
         delta: Option<Vec<u8>>,
     }
 
-    /// [`update`] of a copy of `shadow` (None: no shadow yet) at `now`.
+    /// [`update`] of a copy of `shadow` (None: no shadow yet), not serialised yet, at `now`.
     fn update_at(shadow: Option<&Shadow>, request: &Value, now: u64) -> Result<Applied, Rejection> {
-        let mut next = shadow.cloned().unwrap_or_default();
+        let mut next = Stored::from(shadow.cloned().unwrap_or_default());
         let Updated {
             accepted,
             documents,
             delta,
         } = update(&mut next, request, now)?;
         Ok(Applied {
-            shadow: next,
+            shadow: next.into_shadow(),
             accepted,
             documents,
             delta,
@@ -825,28 +925,122 @@ mod tests {
     }
 
     /// An update merges into the shadow in place; one refused after the merge (413) puts
-    /// the shadow back as it was, to the last field.
+    /// the shadow back as it was, to the last field, from its text, whether that was read
+    /// with it or serialised for the update.
     #[test]
     fn a_refused_update_leaves_the_shadow_as_it_was() {
-        let mut shadow = apply(
+        let before = apply(
             None,
             json!({"state": {"desired": {"fw": "2.0.0", "cfg": {"a": [1.5, "x"], "f": 0.1}},
                 "reported": {"fw": "1.0.0", "cfg": {"a": null, "b": true}}}}),
         )
         .unwrap()
         .shadow;
-        let before = shadow.clone();
+        let text = serde_json::to_string(&before).unwrap();
         let big = "z".repeat(MAX_DOCUMENT_BYTES / 2);
         let request = json!({"state": {"desired": {"cfg": {"a": null, "c": &big}}, "reported": {"d": &big, "fw": null}}});
-        assert_eq!(update(&mut shadow, &request, 2000).unwrap_err().code, 413);
-        assert_eq!(shadow, before);
         let stale = json!({"state": {"reported": {"fw": "1.1.0"}}, "version": 7});
-        assert_eq!(update(&mut shadow, &stale, 2000).unwrap_err().code, 409);
-        assert_eq!(shadow, before);
-        let mut none = Shadow::default();
+        for mut stored in [
+            Stored::read(text.clone()).unwrap(),
+            Stored::from(before.clone()),
+        ] {
+            assert_eq!(update(&mut stored, &request, 2000).unwrap_err().code, 413);
+            assert_eq!(stored.shadow(), &before);
+            assert_eq!(update(&mut stored, &stale, 2000).unwrap_err().code, 409);
+            assert_eq!(stored.shadow(), &before);
+            assert_eq!(stored.take_document(), text);
+        }
+        let mut none = Stored::default();
         let huge = json!({"state": {"reported": {"blob": "y".repeat(MAX_DOCUMENT_BYTES)}}});
         assert_eq!(update(&mut none, &huge, 2000).unwrap_err().code, 413);
-        assert_eq!(none, Shadow::default());
+        assert_eq!(none.shadow(), &Shadow::default());
+    }
+
+    /// A shadow is stored as its document, and an update keeps the text it serialised: a
+    /// run of updates of a shadow read from its row answers byte for byte as updates of
+    /// the same shadow serialised anew each time, and leaves the text the shadow
+    /// serialises to.
+    #[test]
+    fn a_shadow_read_as_stored_is_updated_as_one_serialised_anew() {
+        let first = apply(
+            None,
+            json!({"state": {"desired": {"fw": "2.0.0"}, "reported": {"fw": "1.0.0", "t": 41.5}}}),
+        )
+        .unwrap()
+        .shadow;
+        let text = serde_json::to_string(&first).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap(),
+            first.document()
+        );
+        let mut read = Stored::read(text).unwrap();
+        assert_eq!(read.shadow(), &first);
+        let mut anew = first.clone();
+        for (k, request) in [
+            json!({"state": {"reported": {"t": 42.0}}, "clientToken": "a\"b"}),
+            json!({"state": {"reported": {"fw": "2.0.0", "t": null}}}),
+            json!({"state": {"desired": {"led": {"on": true}}}, "version": 3}),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let now = 2000 + k as u64;
+            let expected = update_at(Some(&anew), request, now).unwrap();
+            let got = update(&mut read, request, now).unwrap();
+            assert_eq!(got.accepted, expected.accepted);
+            assert_eq!(got.documents, expected.documents);
+            assert_eq!(got.delta, expected.delta);
+            assert_eq!(read.shadow(), &expected.shadow);
+            anew = expected.shadow;
+        }
+        let text = read.take_document();
+        assert_eq!(text, serde_json::to_string(&anew).unwrap());
+        assert_eq!(
+            parse(
+                &update_at(Some(&first), &json!({"state": {"reported": {"t": 1}}}), 1)
+                    .unwrap()
+                    .documents
+            )["previous"],
+            first.document()
+        );
+    }
+
+    /// Rows written before shadows were stored as documents hold `Shadow`'s fields; they
+    /// read as the same shadow, and their next update writes a document.
+    #[test]
+    fn a_shadow_in_the_earlier_format_reads_back() {
+        let earlier = r#"{"desired":{"fw":"2.0.0"},"reported":null,"desired_meta":{"fw":{"timestamp":5}},"reported_meta":{},"version":4}"#;
+        let mut stored = Stored::read(earlier.to_owned()).unwrap();
+        assert_eq!(
+            stored.shadow(),
+            &Shadow {
+                desired: Some(json!({"fw": "2.0.0"}).as_object().unwrap().clone()),
+                reported: None,
+                desired_meta: json!({"fw": {"timestamp": 5}}).as_object().unwrap().clone(),
+                reported_meta: Object::new(),
+                version: 4,
+            }
+        );
+        let answers = update(
+            &mut stored,
+            &json!({"state": {"reported": {"fw": "2.0.0"}}}),
+            6,
+        )
+        .unwrap();
+        assert_eq!(
+            parse(&answers.documents)["previous"],
+            json!({"state": {"desired": {"fw": "2.0.0"}}, "metadata": {"desired": {"fw": {"timestamp": 5}}}, "version": 4})
+        );
+        let text = stored.take_document();
+        assert_eq!(Stored::read(text).unwrap().shadow().version, 5);
+        for bad in [
+            r#"{"state":{}}"#,
+            r#"{"desired":{}}"#,
+            "[]",
+            r#"{"metadata":{},"state":{},"version":1,"x":0}"#,
+        ] {
+            assert!(Stored::read(bad.to_owned()).is_err(), "{bad}");
+        }
     }
 
     #[test]

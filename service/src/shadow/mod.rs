@@ -20,7 +20,7 @@ use crate::audit::{self, Actor};
 use crate::jobs;
 use crate::registry::devices::{Recorded, Report, record_reports};
 use crate::registry::entities::{devices, shadows};
-use document::{Rejection, Shadow};
+use document::{Rejection, Shadow, Stored};
 
 /// Largest request payload a device may send.
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
@@ -235,9 +235,7 @@ pub async fn update_run(
             }
         };
         let Some(Current {
-            shadow: current,
-            changed,
-            ..
+            stored, changed, ..
         }) = shadows.get_mut(thing.as_str())
         else {
             let r = Rejection {
@@ -247,16 +245,16 @@ pub async fn update_run(
             answers.push(rejected(ShadowOp::Update, &r, token.as_deref()));
             continue;
         };
-        match document::update(current, &request, now) {
+        match document::update(stored, &request, now) {
             Ok(updated) => {
-                reports.push((*thing, reported_firmware(current), request));
+                reports.push((*thing, reported_firmware(stored.shadow()), request));
                 *changed = true;
                 answers.push(update_answers(updated));
             }
             Err(r) => answers.push(rejected(ShadowOp::Update, &r, token.as_deref())),
         }
     }
-    write_back(txn, &shadows).await?;
+    write_back(txn, &mut shadows).await?;
     // What the run says about each device (the firmware its shadow reports, when it was
     // seen) goes to the registry before any report follows: the rows to write are locked in
     // id order first (an execution's transition may take the audit log's lock, which the
@@ -320,8 +318,8 @@ pub async fn update_run(
 /// A device's shadow while a run of updates is applied.
 #[derive(Default)]
 struct Current {
-    /// The shadow (version 0: the device has none yet).
-    shadow: Shadow,
+    /// The shadow, with its text (version 0: the device has none yet).
+    stored: Stored,
     /// Whether an update of the run changed it.
     changed: bool,
     /// What the registry holds of the device, read with its stored shadow (None: no shadow
@@ -367,8 +365,8 @@ async fn read_locked(
         let id: String = row.try_get_by_index(0)?;
         let document: String = row.try_get_by_index(1)?;
         let version: i64 = row.try_get_by_index(2)?;
-        let shadow = decode_document(&id, &document, version)?;
-        let reported = reported_firmware(&shadow).map(|f| f.version);
+        let stored = decode_document(&id, document, version)?;
+        let reported = reported_firmware(stored.shadow()).map(|f| f.version);
         let recorded = Recorded {
             firmware_version: row.try_get_by_index(3)?,
             last_seen_at: row.try_get_by_index(4)?,
@@ -376,7 +374,7 @@ async fn read_locked(
         into.insert(
             id,
             Current {
-                shadow,
+                stored,
                 changed: false,
                 recorded: Some(recorded),
                 reported,
@@ -388,10 +386,11 @@ async fn read_locked(
 
 /// Writes the changed shadows of a run back: one `UPDATE` for the stored ones, one
 /// `INSERT` for the new ones, each column bound as a PostgreSQL array (no JSON to build
-/// here, nor for the database to parse).
+/// here, nor for the database to parse). The documents are the texts the updates
+/// serialised, taken from `shadows`.
 async fn write_back(
     txn: &impl ConnectionTrait,
-    shadows: &HashMap<String, Current>,
+    shadows: &mut HashMap<String, Current>,
 ) -> Result<(), DbErr> {
     /// One array per column.
     #[derive(Default)]
@@ -405,7 +404,6 @@ async fn write_back(
         if !current.changed {
             continue;
         }
-        let shadow = &current.shadow;
         let columns = if current.recorded.is_some() {
             &mut updated
         } else {
@@ -413,11 +411,9 @@ async fn write_back(
         };
         columns.ids.push(id.clone());
         columns
-            .documents
-            .push(serde_json::to_string(shadow).expect("a shadow serialises"));
-        columns
             .versions
-            .push(i64::try_from(shadow.version).unwrap_or(i64::MAX));
+            .push(stored_version(current.stored.shadow()));
+        columns.documents.push(current.stored.take_document());
     }
     let at = crate::db::now();
     for (columns, sql) in [
@@ -476,23 +472,31 @@ pub async fn load(db: &impl ConnectionTrait, thing: &DeviceId) -> Result<Option<
     else {
         return Ok(None);
     };
-    decode(&row).map(Some)
+    decode(row).map(|stored| Some(stored.into_shadow()))
 }
 
-fn decode(row: &shadows::Model) -> Result<Shadow, DbErr> {
-    decode_document(&row.device_id, &row.document, row.version)
+fn decode(row: shadows::Model) -> Result<Stored, DbErr> {
+    decode_document(&row.device_id, row.document, row.version)
 }
 
-/// A stored shadow document of `device` at `version` (1 or more: a stored shadow was
-/// accepted at least once, and version 0 stands for none).
-fn decode_document(device: &str, document: &str, version: i64) -> Result<Shadow, DbErr> {
+/// A stored shadow document of `device` at `version`, the row's (1 or more: a stored
+/// shadow was accepted at least once, and version 0 stands for none; the document names
+/// the same version).
+fn decode_document(device: &str, document: String, version: i64) -> Result<Stored, DbErr> {
     let corrupt = |e: String| DbErr::Custom(format!("stored shadow of {device} is corrupt: {e}"));
-    let mut shadow: Shadow = serde_json::from_str(document).map_err(|e| corrupt(e.to_string()))?;
-    shadow.version = u64::try_from(version)
-        .ok()
-        .filter(|v| *v > 0)
-        .ok_or_else(|| corrupt(format!("version {version}")))?;
-    Ok(shadow)
+    let stored = Stored::read(document).map_err(|e| corrupt(e.to_string()))?;
+    let named = stored.shadow().version;
+    if version <= 0 || u64::try_from(version) != Ok(named) {
+        return Err(corrupt(format!(
+            "the row is at version {version}, its document at {named}"
+        )));
+    }
+    Ok(stored)
+}
+
+/// A shadow's version as its row holds it.
+fn stored_version(shadow: &Shadow) -> i64 {
+    i64::try_from(shadow.version).unwrap_or(i64::MAX)
 }
 
 /// Applies an update request to a registered device's shadow in one transaction, and keeps
@@ -529,18 +533,19 @@ pub async fn apply_in(
         Ok(row) => row,
         Err(rejection) => return Ok(Err(rejection)),
     };
-    let mut shadow = row.as_ref().map(decode).transpose()?.unwrap_or_default();
-    let updated = match document::update(&mut shadow, request, unix_now()) {
+    let existed = row.is_some();
+    let mut stored = row.map(decode).transpose()?.unwrap_or_default();
+    let updated = match document::update(&mut stored, request, unix_now()) {
         Ok(u) => u,
         Err(r) => return Ok(Err(r)),
     };
     let model = shadows::ActiveModel {
         device_id: Set(thing.as_str().to_owned()),
-        document: Set(serde_json::to_string(&shadow).expect("a shadow serialises")),
-        version: Set(i64::try_from(shadow.version).unwrap_or(i64::MAX)),
+        version: Set(stored_version(stored.shadow())),
+        document: Set(stored.take_document()),
         updated_at: Set(crate::db::now()),
     };
-    if row.is_some() {
+    if existed {
         shadows::Entity::update(model).exec(txn).await?;
     } else {
         shadows::Entity::insert(model)
@@ -549,7 +554,7 @@ pub async fn apply_in(
     }
     let report = Report {
         id: thing.as_str().to_owned(),
-        firmware: reported_firmware(&shadow).map(|f| f.version),
+        firmware: reported_firmware(stored.shadow()).map(|f| f.version),
     };
     // A device's own report says when it was seen; a person's change does not.
     record_reports(txn, &[report], &[], actor.is_none(), crate::db::now()).await?;

@@ -13,7 +13,8 @@ pub struct Model {
     /// The device.
     #[sea_orm(primary_key, auto_increment = false)]
     pub device_id: String,
-    /// State and metadata as JSON (`shadow::document::Shadow`).
+    /// The shadow's document as JSON, `{"metadata", "state", "version"}`
+    /// (`shadow::document::Stored`).
     pub document: String,
     /// The shadow's version.
     pub version: i64,
