@@ -187,8 +187,10 @@ pub async fn fetch(
 /// sync made durable.
 struct Writer {
     batches: tokio::sync::mpsc::Sender<Vec<Bytes>>,
-    /// The batch being gathered, and its length in bytes.
-    gathered: (Vec<Bytes>, usize),
+    /// The batch being gathered.
+    gathered: Vec<Bytes>,
+    /// Its length in bytes.
+    gathered_len: usize,
     durable: tokio::sync::mpsc::UnboundedReceiver<u64>,
     thread: std::thread::JoinHandle<std::io::Result<ImageHasher>>,
 }
@@ -239,7 +241,8 @@ impl Writer {
             })?;
         let writer = Writer {
             batches,
-            gathered: (Vec::new(), 0),
+            gathered: Vec::new(),
+            gathered_len: 0,
             durable,
             thread,
         };
@@ -250,9 +253,9 @@ impl Writer {
     /// [`BATCH`] bytes, waiting while it has [`QUEUED_BATCHES`] queued; false if it stopped
     /// (a write, sync or read failed).
     async fn write(&mut self, piece: Bytes) -> bool {
-        self.gathered.1 += piece.len();
-        self.gathered.0.push(piece);
-        if self.gathered.1 < BATCH {
+        self.gathered_len += piece.len();
+        self.gathered.push(piece);
+        if self.gathered_len < BATCH {
             return true;
         }
         self.hand_over().await
@@ -260,7 +263,8 @@ impl Writer {
 
     /// Hands the batch gathered so far to the thread; false if it stopped.
     async fn hand_over(&mut self) -> bool {
-        let (batch, _) = std::mem::take(&mut self.gathered);
+        let batch = std::mem::take(&mut self.gathered);
+        self.gathered_len = 0;
         batch.is_empty() || self.batches.send(batch).await.is_ok()
     }
 

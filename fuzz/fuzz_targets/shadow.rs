@@ -46,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
                 check(&shadow);
                 assert_eq!(shadow.shadow().version, seed.version + 1);
             }
-            Err(_) => assert_eq!(shadow.shadow(), seed, "a refused update changed nothing"),
+            Err(_) => {
+                assert_eq!(shadow.shadow(), seed, "a refused update changed nothing");
+                assert_eq!(shadow.take_document(), serde_json::to_string(seed).unwrap());
+            }
         }
     }
 });

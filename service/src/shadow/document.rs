@@ -11,6 +11,8 @@
 //! - `delta` holds the desired fields that reported does not match.
 //! - `clientToken` (at most 64 bytes) is echoed in every answer.
 
+use std::io::Write;
+
 use serde_json::{Map, Value, json};
 
 /// Deepest nesting of `desired` or `reported`.
@@ -18,7 +20,8 @@ pub const MAX_DEPTH: usize = 8;
 /// Largest document (`{"metadata", "state", "version"}`), in bytes of JSON.
 pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024;
 /// Bytes of the documents answer besides the two documents and the token: its keys,
-/// `null` for no previous document and the timestamp take under 80.
+/// `null` for no previous document and the timestamp take under 80 (a token with
+/// characters to escape may take more: the buffer then grows once).
 const DOCUMENTS_ENVELOPE: usize = 100;
 /// Longest `clientToken`.
 pub const MAX_CLIENT_TOKEN: usize = 64;
@@ -63,11 +66,14 @@ impl From<Shadow> for Stored {
 }
 
 impl Stored {
-    /// A shadow as stored: its document, or the earlier storage format (the fields of
+    /// A shadow as stored (at version 1 or more: version 0 stands for none): its document
+    /// as this module serialised it (the text is kept as it is, and is the `previous`
+    /// document of the next update's answer), or the earlier storage format (the fields of
     /// [`Shadow`], rewritten as a document on the shadow's next update).
     pub fn read(text: String) -> serde_json::Result<Stored> {
         /// The storage format before documents: `Shadow`'s fields, named as in Rust.
         #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
         struct Earlier {
             desired: Option<Object>,
             reported: Option<Object>,
@@ -75,22 +81,32 @@ impl Stored {
             reported_meta: Object,
             version: u64,
         }
-        match serde_json::from_str::<Shadow>(&text) {
-            Ok(shadow) => Ok(Stored {
+        let stored = match serde_json::from_str::<Shadow>(&text) {
+            Ok(shadow) => Stored {
                 shadow,
                 document: Some(text),
-            }),
-            Err(e) => match serde_json::from_str::<Earlier>(&text) {
-                Ok(earlier) => Ok(Stored::from(Shadow {
+            },
+            Err(as_document) => match serde_json::from_str::<Earlier>(&text) {
+                Ok(earlier) => Stored::from(Shadow {
                     desired: earlier.desired,
                     reported: earlier.reported,
                     desired_meta: earlier.desired_meta,
                     reported_meta: earlier.reported_meta,
                     version: earlier.version,
-                })),
-                Err(_) => Err(e),
+                }),
+                Err(as_earlier) => {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "neither a document ({as_document}) nor the earlier format ({as_earlier})"
+                    )));
+                }
             },
+        };
+        if stored.shadow.version == 0 {
+            return Err(serde::de::Error::custom(
+                "a stored shadow is at version 1 or more",
+            ));
         }
+        Ok(stored)
     }
 
     /// The shadow.
@@ -117,12 +133,9 @@ fn serialise(shadow: &Shadow) -> String {
     serialise_within(shadow, 512)
 }
 
-/// [`serialise`] into a buffer of `capacity` bytes from the start: one grown from
-/// serde_json's default 128 bytes is copied at every doubling.
+/// [`serialise`] into a buffer of `capacity` bytes from the start ([`to_json_within`]).
 fn serialise_within(shadow: &Shadow, capacity: usize) -> String {
-    let mut bytes = Vec::with_capacity(capacity);
-    serde_json::to_writer(&mut bytes, shadow).expect("a document serialises");
-    String::from_utf8(bytes).expect("serde_json writes UTF-8")
+    String::from_utf8(to_json_within(shadow, capacity)).expect("serde_json writes UTF-8")
 }
 
 /// A refused request: an HTTP-like code and a message, as AWS IoT answers on `/rejected`.
@@ -445,7 +458,7 @@ fn documents_answer(
     bytes.extend_from_slice(current.as_bytes());
     bytes.extend_from_slice(br#","previous":"#);
     bytes.extend_from_slice(previous.unwrap_or("null").as_bytes());
-    bytes.extend_from_slice(format!(r#","timestamp":{now}}}"#).as_bytes());
+    write!(bytes, r#","timestamp":{now}}}"#).expect("a Vec takes every byte");
     bytes
 }
 
@@ -510,11 +523,15 @@ impl serde::Serialize for Stamped<'_> {
     }
 }
 
-/// `value` as JSON bytes (a document always serialises: its keys are strings), in a
-/// buffer of 512 bytes from the start: one grown from serde_json's default 128 bytes is
-/// copied at every doubling.
+/// `value` as JSON bytes (a document always serialises: its keys are strings).
 pub(crate) fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(512);
+    to_json_within(value, 512)
+}
+
+/// [`to_json`] into a buffer of `capacity` bytes from the start: one grown from
+/// serde_json's default 128 bytes is copied at every doubling.
+fn to_json_within(value: &impl serde::Serialize, capacity: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(capacity);
     serde_json::to_writer(&mut bytes, value).expect("a document serialises");
     bytes
 }
@@ -728,6 +745,19 @@ mod tests {
         assert_eq!(
             second.documents,
             serde_json::to_vec(&parse(&second.documents)).unwrap()
+        );
+        // Also with a token that has characters to escape.
+        let token = "q\"uo\\te\u{1}é\u{2028}";
+        let third = update_at(
+            Some(&second.shadow),
+            &json!({"state": {"reported": {"fw": "2.0.0"}}, "clientToken": token}),
+            3000,
+        )
+        .unwrap();
+        assert_eq!(parse(&third.documents)["clientToken"], token);
+        assert_eq!(
+            third.documents,
+            serde_json::to_vec(&parse(&third.documents)).unwrap()
         );
     }
 
@@ -973,8 +1003,13 @@ mod tests {
             serde_json::from_str::<Value>(&text).unwrap(),
             first.document()
         );
-        let mut read = Stored::read(text).unwrap();
+        let mut read = Stored::read(text.clone()).unwrap();
         assert_eq!(read.shadow(), &first);
+        assert_eq!(
+            read.document.as_deref(),
+            Some(text.as_str()),
+            "the text read is kept"
+        );
         let mut anew = first.clone();
         for (k, request) in [
             json!({"state": {"reported": {"t": 42.0}}, "clientToken": "a\"b"}),
@@ -991,6 +1026,12 @@ mod tests {
             assert_eq!(got.documents, expected.documents);
             assert_eq!(got.delta, expected.delta);
             assert_eq!(read.shadow(), &expected.shadow);
+            let current = parse(&got.documents)["current"].to_string();
+            assert_eq!(
+                read.document.as_deref(),
+                Some(current.as_str()),
+                "the current document is kept"
+            );
             anew = expected.shadow;
         }
         let text = read.take_document();
@@ -1038,6 +1079,8 @@ mod tests {
             r#"{"desired":{}}"#,
             "[]",
             r#"{"metadata":{},"state":{},"version":1,"x":0}"#,
+            r#"{"metadata":{},"state":{},"version":0}"#,
+            r#"{"metadata":{},"state":{},"desired_meta":{},"reported_meta":{},"version":1}"#,
         ] {
             assert!(Stored::read(bad.to_owned()).is_err(), "{bad}");
         }

@@ -486,7 +486,7 @@ fn decode_document(device: &str, document: String, version: i64) -> Result<Store
     let corrupt = |e: String| DbErr::Custom(format!("stored shadow of {device} is corrupt: {e}"));
     let stored = Stored::read(document).map_err(|e| corrupt(e.to_string()))?;
     let named = stored.shadow().version;
-    if version <= 0 || u64::try_from(version) != Ok(named) {
+    if u64::try_from(version) != Ok(named) {
         return Err(corrupt(format!(
             "the row is at version {version}, its document at {named}"
         )));
