@@ -10,6 +10,8 @@ use rumqttc::QoS;
 use serde_json::{Value, json};
 use tokio::time::timeout;
 
+use crate::on_both_backends;
+
 /// A device talking to its shadow.
 struct Device(SimDevice);
 
@@ -981,127 +983,125 @@ async fn lock_waits(app: &TestApp, expected: i64) -> i64 {
     waiting
 }
 
-/// Shadows are stored as their documents. A row written before that (the shadow's fields,
-/// as the service stored them until 2026-11-28) is read by every path (a device's run of
-/// updates, a lone update through the API, a read), answered with its document, and
-/// rewritten as one by its next update; a row whose document names another version than
-/// the row is refused as corrupt.
-#[tokio::test]
-async fn shadows_stored_in_the_earlier_format_are_read_and_rewritten() {
-    use fleetwave_artifacts::DeviceId;
-    use sea_orm::{ConnectionTrait, Statement};
+// Shadows are stored as their documents. A row written before that (the shadow's fields,
+// as the service stored them until 2026-11-28) is read by every path (a device's run of
+// updates, set-based on PostgreSQL and one by one on SQLite; a lone update through the
+// API; a read), answered with its document, and rewritten as one by its next update; a
+// row whose document names another version than the row is refused as corrupt.
+on_both_backends!(
+    shadows_stored_in_the_earlier_format_are_read_and_rewritten,
+    |backend: Backend| async move {
+        use fleetwave::registry::entities::shadows;
+        use fleetwave_artifacts::DeviceId;
+        use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, TransactionTrait};
 
-    let app = app_with_devices(&["old-a", "old-b", "old-c"]).await;
-    let earlier = |id: &str, version: i64| {
-        let db = app.db.clone();
-        let id = id.to_owned();
-        async move {
+        let app = TestApp::spawn(backend).await.unwrap();
+        for id in ["old-a", "old-b", "old-c"] {
+            app.register_device(id).await;
             let document = json!({"desired": {"mode": "eco"}, "reported": {"fw": "1.0.0"},
                 "desired_meta": {"mode": {"timestamp": 5}}, "reported_meta": {"fw": {"timestamp": 6}},
-                "version": version});
-            db.execute_raw(Statement::from_sql_and_values(
-                sea_orm::DatabaseBackend::Postgres,
-                "INSERT INTO shadows (device_id, document, version, updated_at) \
-                 VALUES ($1, $2, $3, now())",
-                vec![id.into(), document.to_string().into(), version.into()],
-            ))
+                "version": 3});
+            shadows::ActiveModel {
+                device_id: Set(id.to_owned()),
+                document: Set(document.to_string()),
+                version: Set(3),
+                updated_at: Set(fleetwave::db::now()),
+            }
+            .insert(&app.db)
             .await
             .unwrap();
         }
-    };
-    let stored = |id: &'static str| {
-        let db = app.db.clone();
-        async move {
-            let row = db
-                .query_one_raw(Statement::from_sql_and_values(
-                    sea_orm::DatabaseBackend::Postgres,
-                    "SELECT document FROM shadows WHERE device_id = $1",
-                    vec![id.into()],
-                ))
-                .await
-                .unwrap()
-                .unwrap();
-            serde_json::from_str::<Value>(&row.try_get::<String>("", "document").unwrap()).unwrap()
-        }
-    };
-    let as_document = |version: u64| {
-        json!({"state": {"desired": {"mode": "eco"}, "reported": {"fw": "1.0.0"}},
-            "metadata": {"desired": {"mode": {"timestamp": 5}}, "reported": {"fw": {"timestamp": 6}}},
-            "version": version})
-    };
-    for id in ["old-a", "old-b", "old-c"] {
-        earlier(id, 3).await;
-    }
+        let stored = |id: &'static str| {
+            let db = app.db.clone();
+            async move {
+                let row = shadows::Entity::find_by_id(id.to_owned())
+                    .one(&db)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                serde_json::from_str::<Value>(&row.document).unwrap()
+            }
+        };
+        let as_document = |version: u64| {
+            json!({"state": {"desired": {"mode": "eco"}, "reported": {"fw": "1.0.0"}},
+                "metadata": {"desired": {"mode": {"timestamp": 5}}, "reported": {"fw": {"timestamp": 6}}},
+                "version": version})
+        };
 
-    // Read through the API.
-    let (status, body) = app
-        .call(Method::GET, "/v1/devices/old-a/shadow", None)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["state"]["desired"], json!({"mode": "eco"}));
-    assert_eq!(body["version"], 3);
-
-    // A run of device updates (two devices, so the set-based path) answers with the earlier
-    // rows as their previous documents and writes documents back.
-    let (a, b) = (
-        DeviceId::parse("old-a").unwrap(),
-        DeviceId::parse("old-b").unwrap(),
-    );
-    let update = json!({"state": {"reported": {"uptime": 1}}}).to_string();
-    let txn = {
-        use sea_orm::TransactionTrait;
-        app.db.begin().await.unwrap()
-    };
-    let answers =
-        fleetwave::shadow::update_run(&txn, &[(&a, update.as_bytes()), (&b, update.as_bytes())])
-            .await
-            .unwrap();
-    txn.commit().await.unwrap();
-    for (id, answer) in ["old-a", "old-b"].into_iter().zip(&answers) {
-        let documents = answer
-            .iter()
-            .find(|o| o.channel == fleetwave::shadow::Channel::Documents)
-            .expect("a documents answer");
-        let documents: Value = serde_json::from_slice(&documents.payload).unwrap();
-        assert_eq!(documents["previous"], as_document(3), "{documents}");
-        assert_eq!(documents["current"]["version"], 4);
+        // Read through the API.
+        let (status, body) = app
+            .call(Method::GET, "/v1/devices/old-a/shadow", None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["state"]["desired"], json!({"mode": "eco"}));
         assert_eq!(
-            stored(id).await,
-            documents["current"],
-            "{id} is stored as its document"
+            body["metadata"]["reported"],
+            json!({"fw": {"timestamp": 6}})
         );
-    }
+        assert_eq!(body["version"], 3);
 
-    // A lone update through the API.
-    let (status, body) = app
-        .call(
-            Method::PATCH,
-            "/v1/devices/old-c/shadow",
-            Some(json!({"desired": {"led": "on"}})),
+        // A run of device updates answers with the earlier rows as their previous
+        // documents and writes documents back.
+        let (a, b) = (
+            DeviceId::parse("old-a").unwrap(),
+            DeviceId::parse("old-b").unwrap(),
+        );
+        let update = json!({"state": {"reported": {"uptime": 1}}}).to_string();
+        let txn = app.db.begin().await.unwrap();
+        let answers = fleetwave::shadow::update_run(
+            &txn,
+            &[(&a, update.as_bytes()), (&b, update.as_bytes())],
         )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let document = stored("old-c").await;
-    assert_eq!(document["version"], 4);
-    assert_eq!(
-        document["state"]["desired"],
-        json!({"mode": "eco", "led": "on"})
-    );
-    assert_eq!(
-        document["metadata"]["reported"],
-        json!({"fw": {"timestamp": 6}})
-    );
-
-    // A row whose document names another version than the row is corrupt.
-    app.db
-        .execute_raw(Statement::from_string(
-            sea_orm::DatabaseBackend::Postgres,
-            "UPDATE shadows SET version = 9 WHERE device_id = 'old-a'",
-        ))
         .await
         .unwrap();
-    let (status, body) = app
-        .call(Method::GET, "/v1/devices/old-a/shadow", None)
-        .await;
-    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
-}
+        txn.commit().await.unwrap();
+        for (id, answer) in ["old-a", "old-b"].into_iter().zip(&answers) {
+            let documents = answer
+                .iter()
+                .find(|o| o.channel == fleetwave::shadow::Channel::Documents)
+                .expect("a documents answer");
+            let documents: Value = serde_json::from_slice(&documents.payload).unwrap();
+            assert_eq!(documents["previous"], as_document(3), "{documents}");
+            assert_eq!(documents["current"]["version"], 4);
+            assert_eq!(
+                stored(id).await,
+                documents["current"],
+                "{id} is stored as its document"
+            );
+        }
+
+        // A lone update through the API.
+        let (status, body) = app
+            .call(
+                Method::PATCH,
+                "/v1/devices/old-c/shadow",
+                Some(json!({"desired": {"led": "on"}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let document = stored("old-c").await;
+        assert_eq!(document["version"], 4);
+        assert_eq!(
+            document["state"]["desired"],
+            json!({"mode": "eco", "led": "on"})
+        );
+        assert_eq!(
+            document["metadata"]["reported"],
+            json!({"fw": {"timestamp": 6}})
+        );
+
+        // A row whose document names another version than the row is corrupt.
+        shadows::ActiveModel {
+            device_id: Set("old-a".to_owned()),
+            version: Set(9),
+            ..Default::default()
+        }
+        .update(&app.db)
+        .await
+        .unwrap();
+        let (status, body) = app
+            .call(Method::GET, "/v1/devices/old-a/shadow", None)
+            .await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    }
+);
