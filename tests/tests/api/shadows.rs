@@ -756,7 +756,7 @@ async fn an_api_change_aborted_as_a_deadlock_runs_again() {
         if let Err(e) = &run {
             assert!(e.is_transient_conflict(), "the batch failed: {e}");
             // The batch was the victim: the change goes through without running again.
-            drop(batch);
+            batch.rollback().await.unwrap();
             let response = change.await.unwrap().unwrap();
             assert_eq!(response.status(), StatusCode::OK);
             continue;
@@ -949,12 +949,17 @@ async fn a_run_that_waited_for_another_writer_records_the_firmware_it_reports() 
     );
 }
 
-/// Applies a run of device updates in a transaction of its own, committed.
-async fn committed_run(app: &TestApp, run: &[(&fleetwave_artifacts::DeviceId, &[u8])]) {
+/// Applies a run of device updates in a transaction of its own, committed; its answers come
+/// back.
+async fn committed_run(
+    app: &TestApp,
+    run: &[(&fleetwave_artifacts::DeviceId, &[u8])],
+) -> Vec<Vec<fleetwave::shadow::Outgoing>> {
     use sea_orm::TransactionTrait;
     let txn = app.db.begin().await.unwrap();
-    fleetwave::shadow::update_run(&txn, run).await.unwrap();
+    let answers = fleetwave::shadow::update_run(&txn, run).await.unwrap();
     txn.commit().await.unwrap();
+    answers
 }
 
 /// Sessions of the test's database waiting for a lock, once there are `expected` of them
@@ -993,7 +998,7 @@ on_both_backends!(
     |backend: Backend| async move {
         use fleetwave::registry::entities::shadows;
         use fleetwave_artifacts::DeviceId;
-        use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, TransactionTrait};
+        use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
 
         let app = TestApp::spawn(backend).await.unwrap();
         for id in ["old-a", "old-b", "old-c"] {
@@ -1047,14 +1052,8 @@ on_both_backends!(
             DeviceId::parse("old-b").unwrap(),
         );
         let update = json!({"state": {"reported": {"uptime": 1}}}).to_string();
-        let txn = app.db.begin().await.unwrap();
-        let answers = fleetwave::shadow::update_run(
-            &txn,
-            &[(&a, update.as_bytes()), (&b, update.as_bytes())],
-        )
-        .await
-        .unwrap();
-        txn.commit().await.unwrap();
+        let answers =
+            committed_run(&app, &[(&a, update.as_bytes()), (&b, update.as_bytes())]).await;
         for (id, answer) in ["old-a", "old-b"].into_iter().zip(&answers) {
             let documents = answer
                 .iter()
