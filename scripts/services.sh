@@ -6,7 +6,10 @@
 #                     exports FLEETWAVE_TEST_S3_* and stops it (and deletes its data) on exit.
 #   start_services    all three, and exports FLEETWAVE_TEST_DATABASE_URL and _MQTT_URL.
 
-S3S_FS_VERSION=0.14.1   # newer releases need a newer rustc than 1.95
+# s3s-fs 0.14.1 (newer releases need a newer rustc than 1.95), built from vendor/s3s-fs: the
+# release as published with one change, its GET bodies read in 64 KiB chunks (vendor/README.md).
+S3S_FS_VERSION=0.14.1
+S3S_FS_SOURCE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/vendor/s3s-fs"
 
 log() { printf 'services: %s\n' "$*" >&2; }
 
@@ -62,16 +65,29 @@ ensure_mosquitto() {
   wait_port 127.0.0.1 1883 15 Mosquitto
 }
 
-s3s_fs_bin() { printf '%s/bin/s3s-fs' "${CARGO_HOME:-$HOME/.cargo}"; }
+# Installed in a directory named after the vendored source's content: a change to the source
+# installs it anew, and every checkout of the same source reuses one install.
+s3s_fs_root() {
+  local digest
+  digest=$(cd "$S3S_FS_SOURCE" && find . -path ./target -prune -o -type f -print0 |
+    LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+  printf '%s/fleetwave/s3s-fs-%s-%s' "${CARGO_HOME:-$HOME/.cargo}" "$S3S_FS_VERSION" "$digest"
+}
+
+s3s_fs_bin() { printf '%s/bin/s3s-fs' "$S3S_FS_ROOT"; }
 
 ensure_s3s_fs() {
-  local bin
+  S3S_FS_ROOT=$(s3s_fs_root)
+  local bin build
   bin=$(s3s_fs_bin)
   if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -qx "s3s-fs $S3S_FS_VERSION"; then
     return 0
   fi
-  log "installing s3s-fs $S3S_FS_VERSION (once; about 2 minutes on two cores)"
-  cargo install --quiet --locked s3s-fs --version "$S3S_FS_VERSION" --features binary
+  log "installing s3s-fs $S3S_FS_VERSION from vendor/s3s-fs (once; about 2 minutes on two cores)"
+  build=$(mktemp -d -t fleetwave-s3s-fs-build.XXXXXX)
+  cargo install --quiet --locked --path "$S3S_FS_SOURCE" --features binary \
+    --root "$S3S_FS_ROOT" --target-dir "$build" || { rm -rf "$build"; return 1; }
+  rm -rf "$build"
 }
 
 free_port() {
