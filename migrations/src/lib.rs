@@ -23,6 +23,7 @@ mod m20261127_000007_create_jobs;
 mod m20261127_000008_create_rollouts;
 mod m20261127_000009_lighter_fanout_writes;
 mod m20261128_000010_queued_targets_leave;
+mod m20261205_000011_drop_redundant_execution_index;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000008_create_rollouts::Migration),
             Box::new(m20261127_000009_lighter_fanout_writes::Migration),
             Box::new(m20261128_000010_queued_targets_leave::Migration),
+            Box::new(m20261205_000011_drop_redundant_execution_index::Migration),
         ]
     }
 }

@@ -1497,14 +1497,20 @@ async fn a_queued_device_registered_again_does_not_join_twice(backend: Backend) 
         .unwrap();
     assert!(executions.is_empty(), "{executions:?}");
 
-    // Going back to a service from before the change: the last migration's `down` writes a
-    // queued target back for every execution (on PostgreSQL with the devices' bucket), and
-    // `up` takes them away again.
+    // Going back to a service from before the change: migration `…000010`'s `down` (with
+    // those of every later migration) writes a queued target back for every execution (on
+    // PostgreSQL with the devices' bucket), and `up` takes them away again.
     use fleetwave::registry::entities::rollout_targets;
     use fleetwave_artifacts::DeviceId;
     use fleetwave_artifacts::protocol::bucket::bucket;
     use sea_orm_migration::MigratorTrait;
-    fleetwave_migrations::Migrator::down(&app.db, Some(1))
+    let since = fleetwave_migrations::Migrator::migrations()
+        .iter()
+        .rev()
+        .position(|m| m.name() == "m20261128_000010_queued_targets_leave")
+        .expect("the migration is listed")
+        + 1;
+    fleetwave_migrations::Migrator::down(&app.db, Some(since as u32))
         .await
         .unwrap();
     let restored = rollout_targets::Entity::find()
