@@ -37,8 +37,8 @@ struct Args {
     #[arg(value_name = "N", long = "size-mib", default_values_t = [64, 1024], value_parser = clap::value_parser!(u64).range(1..))]
     size_mib: Vec<u64>,
     /// Alternating runs of each (default: 10 up to 256 MiB, 5 above).
-    #[arg(value_name = "N", long, value_parser = clap::value_parser!(u32).range(1..))]
-    rounds: Option<u32>,
+    #[arg(value_name = "N", long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    rounds: Option<usize>,
     /// Keep the cores out of idle with a lowest-priority spinner per core (a diagnostic).
     #[arg(long)]
     busy_cores: bool,
@@ -52,7 +52,6 @@ async fn main() -> Result<()> {
         rounds,
         busy_cores: busy,
     } = clap::Parser::parse();
-    let rounds = rounds.map(|r| r as usize);
     let profile = match (cfg!(debug_assertions), busy) {
         (true, false) => "dev",
         (true, true) => "dev, cores kept busy",

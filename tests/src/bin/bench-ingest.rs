@@ -38,24 +38,23 @@ use sea_orm::{ConnectionTrait, Statement};
 #[derive(clap::Parser)]
 struct Args {
     /// MQTT clients, one per registered device.
-    #[arg(value_name = "N", long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
-    clients: u32,
+    #[arg(value_name = "N", long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    clients: usize,
     /// Shadow updates each client publishes.
-    #[arg(value_name = "K", long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
-    messages: u32,
+    #[arg(value_name = "K", long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    messages: usize,
     /// Alternating rounds of each phase (the best is kept).
-    #[arg(value_name = "R", long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    rounds: u32,
+    #[arg(value_name = "R", long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    rounds: usize,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = <Args as clap::Parser>::parse();
-    let (clients, messages, rounds) = (
-        args.clients as usize,
-        args.messages as usize,
-        args.rounds as usize,
-    );
+    let Args {
+        clients,
+        messages,
+        rounds,
+    } = clap::Parser::parse();
     fleetwave::telemetry::init();
     // A Mosquitto of the benchmark's own with the limits `fleetwave broker config` writes.
     let broker = PlainBroker::start().await?;

@@ -36,17 +36,20 @@ struct Args {
     #[arg(value_name = "N", long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     devices: u64,
     /// Status requests timed.
-    #[arg(value_name = "R", long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
-    requests: u32,
+    #[arg(value_name = "R", long, default_value_t = 1000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    requests: usize,
     /// Alternating rounds of fan-out and `COPY` (the fastest of each counts).
-    #[arg(value_name = "K", long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    rounds: u32,
+    #[arg(value_name = "K", long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    rounds: usize,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = <Args as clap::Parser>::parse();
-    let (devices, requests, rounds) = (args.devices, args.requests as usize, args.rounds as usize);
+    let Args {
+        devices,
+        requests,
+        rounds,
+    } = clap::Parser::parse();
     let key = SecretKey::generate()?;
     let mut options = Options::new(Backend::Postgres);
     options.trusted_keys = vec![key.public()];
