@@ -1,9 +1,9 @@
 //! A shadow update as a device publishes it on `…/shadow/update`: any bytes are refused
 //! with a status, or accepted into a document within its bounds, which a second update of
-//! the same request then merges into (the stored-shadow path), as it does into two stored
-//! shadows (one 78 bytes short of the limit), each read from its text as a row holds it; a
-//! refused update leaves the shadow as it was, and an accepted one leaves the text the
-//! shadow serialises to.
+//! the same request then merges into (the stored-shadow path), as it does into three stored
+//! shadows (one 78 bytes short of the limit, one in the earlier storage layout), each read
+//! from its text as a row holds it; a refused update leaves the shadow as it was, and an
+//! accepted one leaves the text the shadow serialises to.
 
 #![no_main]
 
@@ -37,9 +37,10 @@ fuzz_target!(|data: &[u8]| {
         Err(_) => assert_eq!(shadow.shadow(), &first, "a refused update changed nothing"),
     }
     // The same request merged into stored shadows: one with floats, nested objects and a
-    // key named `timestamp`, and one 78 bytes short of the limit (a request that grows it
-    // by more is refused after the merge, which puts the shadow back).
-    for (seed, text) in seeds() {
+    // key named `timestamp`, one 78 bytes short of the limit (a request that grows it by
+    // more is refused after the merge, which puts the shadow back), and the first again as
+    // a row in the earlier layout holds it (its next update writes it as a document).
+    for (seed, text, document) in seeds() {
         let mut shadow = Stored::read(text.clone()).unwrap();
         match document::update(&mut shadow, &request, 1_700_000_002) {
             Ok(_) => {
@@ -48,16 +49,17 @@ fuzz_target!(|data: &[u8]| {
             }
             Err(_) => {
                 assert_eq!(shadow.shadow(), seed, "a refused update changed nothing");
-                assert_eq!(&shadow.take_document(), text);
+                assert_eq!(&shadow.take_document(), document);
             }
         }
     }
 });
 
 /// The stored shadows every input is also merged into, each with its text as a row holds
-/// it (serialised once).
-fn seeds() -> &'static [(Shadow, String)] {
-    static SEEDS: OnceLock<Vec<(Shadow, String)>> = OnceLock::new();
+/// it and the document it serialises to (both serialised once; the same text but for the
+/// earlier layout's row).
+fn seeds() -> &'static [(Shadow, String, String)] {
+    static SEEDS: OnceLock<Vec<(Shadow, String, String)>> = OnceLock::new();
     SEEDS.get_or_init(|| {
         let rich = serde_json::json!({"state": {
             "desired": {"fw": "2.0.0", "cfg": {"timestamp": 0.1, "list": [1.5, "x", {"a": true}]}},
@@ -71,13 +73,21 @@ fn seeds() -> &'static [(Shadow, String)] {
         document::update(&mut full, &blob, 1_700_000_001).expect("the full seed");
         let left = MAX_DOCUMENT_BYTES - full.take_document().len();
         assert_eq!(left, 78, "the full seed's room");
-        [shadow, full]
+        let mut seeds: Vec<_> = [shadow, full]
             .into_iter()
             .map(|mut stored| {
                 let text = stored.take_document();
-                (stored.into_shadow(), text)
+                (stored.into_shadow(), text.clone(), text)
             })
-            .collect()
+            .collect();
+        let (rich, _, document) = seeds[0].clone();
+        let earlier = serde_json::json!({
+            "desired": rich.desired, "reported": rich.reported,
+            "desired_meta": rich.desired_meta, "reported_meta": rich.reported_meta,
+            "version": rich.version,
+        });
+        seeds.push((rich, earlier.to_string(), document));
+        seeds
     })
 }
 
