@@ -9,7 +9,7 @@
 # s3s-fs 0.14.1 (newer releases need a newer rustc than 1.95), built from vendor/s3s-fs: the
 # release as published with one change, its GET bodies read in 64 KiB chunks (vendor/README.md).
 S3S_FS_VERSION=0.14.1
-S3S_FS_SOURCE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/vendor/s3s-fs"
+S3S_FS_SOURCE="$(CDPATH= cd -- "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/vendor/s3s-fs"
 
 log() { printf 'services: %s\n' "$*" >&2; }
 
@@ -69,25 +69,30 @@ ensure_mosquitto() {
 # installs it anew, and every checkout of the same source reuses one install.
 s3s_fs_root() {
   local digest
-  digest=$(cd "$S3S_FS_SOURCE" && find . -path ./target -prune -o -type f -print0 |
-    LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+  digest=$(set -o pipefail; CDPATH= cd -- "$S3S_FS_SOURCE" &&
+    find . -path ./target -prune -o -type f -print0 |
+    LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16) || digest=
+  if ! [[ $digest =~ ^[0-9a-f]{16}$ ]]; then
+    log "cannot hash the s3s-fs source in $S3S_FS_SOURCE"
+    return 1
+  fi
   printf '%s/fleetwave/s3s-fs-%s-%s' "${CARGO_HOME:-$HOME/.cargo}" "$S3S_FS_VERSION" "$digest"
 }
 
-s3s_fs_bin() { printf '%s/bin/s3s-fs' "$S3S_FS_ROOT"; }
+s3s_fs_bin() { printf '%s/bin/s3s-fs' "${S3S_FS_ROOT:?ensure_s3s_fs sets it}"; }
 
 ensure_s3s_fs() {
-  S3S_FS_ROOT=$(s3s_fs_root)
-  local bin build
+  S3S_FS_ROOT=$(s3s_fs_root) || return 1
+  local bin
   bin=$(s3s_fs_bin)
   if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -qx "s3s-fs $S3S_FS_VERSION"; then
     return 0
   fi
   log "installing s3s-fs $S3S_FS_VERSION from vendor/s3s-fs (once; about 2 minutes on two cores)"
-  build=$(mktemp -d -t fleetwave-s3s-fs-build.XXXXXX)
+  # The build stays beside the install until it succeeds, so an interrupted one resumes.
   cargo install --quiet --locked --path "$S3S_FS_SOURCE" --features binary \
-    --root "$S3S_FS_ROOT" --target-dir "$build" || { rm -rf "$build"; return 1; }
-  rm -rf "$build"
+    --root "$S3S_FS_ROOT" --target-dir "$S3S_FS_ROOT.build" || return 1
+  rm -rf "$S3S_FS_ROOT.build"
 }
 
 free_port() {

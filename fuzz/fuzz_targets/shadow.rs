@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
     // key named `timestamp`, one 78 bytes short of the limit (a request that grows it by
     // more is refused after the merge, which puts the shadow back), and the first again as
     // a row in the earlier layout holds it (its next update writes it as a document).
-    for (seed, text, document) in seeds() {
+    for (seed, text, expected) in seeds() {
         let mut shadow = Stored::read(text.clone()).unwrap();
         match document::update(&mut shadow, &request, 1_700_000_002) {
             Ok(_) => {
@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
             }
             Err(_) => {
                 assert_eq!(shadow.shadow(), seed, "a refused update changed nothing");
-                assert_eq!(&shadow.take_document(), document);
+                assert_eq!(&shadow.take_document(), expected);
             }
         }
     }
@@ -80,13 +80,13 @@ fn seeds() -> &'static [(Shadow, String, String)] {
                 (stored.into_shadow(), text.clone(), text)
             })
             .collect();
-        let (rich, _, document) = seeds[0].clone();
+        let (first, _, text) = seeds[0].clone();
         let earlier = serde_json::json!({
-            "desired": rich.desired, "reported": rich.reported,
-            "desired_meta": rich.desired_meta, "reported_meta": rich.reported_meta,
-            "version": rich.version,
+            "desired": first.desired, "reported": first.reported,
+            "desired_meta": first.desired_meta, "reported_meta": first.reported_meta,
+            "version": first.version,
         });
-        seeds.push((rich, earlier.to_string(), document));
+        seeds.push((first, earlier.to_string(), text));
         seeds
     })
 }

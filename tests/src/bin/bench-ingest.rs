@@ -82,7 +82,7 @@ async fn main() -> Result<()> {
         .await
         .context("registering the devices")?;
     let publishers = connect_publishers(&app, clients).await?;
-    let total = (clients * messages) as u64;
+    let total = u64::try_from(clients * messages).context("updates to publish")?;
     let prefix = app.mqtt.prefix.clone();
 
     // Baseline: the same publishers and payloads, one plain subscriber counting.
@@ -220,7 +220,7 @@ async fn main() -> Result<()> {
         100.0 * rate(total, ingest) / rate(total, raw),
         ratios.join(", "),
     );
-    let updates = (total * rounds as u64) as f64;
+    let updates = total as f64 * rounds as f64;
     println!();
     println!(
         "CPU time per update over all rounds, µs (the broker, the service, PostgreSQL: every postgres process on this machine, this process's clients; all):"

@@ -1510,7 +1510,7 @@ async fn a_queued_device_registered_again_does_not_join_twice(backend: Backend) 
         .position(|m| m.name() == "m20261128_000010_queued_targets_leave")
         .expect("the migration is listed")
         + 1;
-    fleetwave_migrations::Migrator::down(&app.db, Some(since as u32))
+    fleetwave_migrations::Migrator::down(&app.db, Some(u32::try_from(since).unwrap()))
         .await
         .unwrap();
     let restored = rollout_targets::Entity::find()

@@ -32,8 +32,7 @@ use tracing::debug;
 use uuid::Uuid;
 
 /// fleetwave: bytes read from an object's file per chunk of a `GetObject` body. 0.14.1
-/// read 4 KiB per chunk, each a trip to tokio's blocking pool; s3s's main branch reads
-/// 64 KiB (`READ_CHUNK_SIZE`, not released yet), backported here.
+/// read 4 KiB per chunk, each a trip to tokio's blocking pool (see vendor/README.md).
 const READ_CHUNK_SIZE: usize = 64 * 1024;
 
 fn normalize_path(path: &Path, delimiter: &str) -> Option<String> {
