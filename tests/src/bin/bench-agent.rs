@@ -37,7 +37,7 @@ struct Args {
     #[arg(value_name = "N", long = "size-mib", default_values_t = [64, 1024], value_parser = clap::value_parser!(u64).range(1..))]
     size_mib: Vec<u64>,
     /// Alternating runs of each (default: 10 up to 256 MiB, 5 above).
-    #[arg(value_name = "N", long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(value_name = "N", long, value_parser = fleetwave_tests::harness::count_parser())]
     rounds: Option<usize>,
     /// Keep the cores out of idle with a lowest-priority spinner per core (a diagnostic).
     #[arg(long)]

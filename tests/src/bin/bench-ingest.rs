@@ -38,13 +38,13 @@ use sea_orm::{ConnectionTrait, Statement};
 #[derive(clap::Parser)]
 struct Args {
     /// MQTT clients, one per registered device.
-    #[arg(value_name = "N", long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(value_name = "N", long, default_value_t = 100, value_parser = fleetwave_tests::harness::count_parser())]
     clients: usize,
     /// Shadow updates each client publishes.
-    #[arg(value_name = "K", long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(value_name = "K", long, default_value_t = 100, value_parser = fleetwave_tests::harness::count_parser())]
     messages: usize,
     /// Alternating rounds of each phase (the best is kept).
-    #[arg(value_name = "R", long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(value_name = "R", long, default_value_t = 3, value_parser = fleetwave_tests::harness::count_parser())]
     rounds: usize,
 }
 

@@ -36,10 +36,10 @@ struct Args {
     #[arg(value_name = "N", long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     devices: u64,
     /// Status requests timed.
-    #[arg(value_name = "R", long, default_value_t = 1000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(value_name = "R", long, default_value_t = 1000, value_parser = fleetwave_tests::harness::count_parser())]
     requests: usize,
     /// Alternating rounds of fan-out and `COPY` (the fastest of each counts).
-    #[arg(value_name = "K", long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(value_name = "K", long, default_value_t = 3, value_parser = fleetwave_tests::harness::count_parser())]
     rounds: usize,
 }
 

@@ -30,3 +30,9 @@ pub fn init() {
 pub fn unique_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
 }
+
+/// The value parser of a benchmark binary's count option (`--rounds`, `--clients`, …): a
+/// `usize` of at least 1.
+pub fn count_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
